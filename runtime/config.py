@@ -1,0 +1,264 @@
+"""One configuration: a TOML file plus ``LIKENESS_*`` environment variables.
+
+Precedence, highest first: keyword overrides (tests, CLI flags) > environment >
+TOML file > defaults. Nested keys use ``__`` in the environment, e.g.
+``LIKENESS_DIALOGUE__BASE_URL``. An unknown key, in the file or the environment,
+or a bad value fails at start-up with a :class:`~runtime.errors.ConfigError` that
+names the key. Read the config once (:func:`load_config`) and pass the parts on.
+
+All state lives under ``data_dir`` (``LIKENESS_DATA_DIR``): database, keys,
+caches, memory and logs, so a test or a second instance can point elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from runtime.errors import ConfigError
+
+ENV_PREFIX = "LIKENESS_"
+# Variables that steer loading itself rather than a config key.
+_LOADER_ENV = {"LIKENESS_CONFIG"}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VADConfig(_Section):
+    """Voice activity detection and end of turn."""
+
+    threshold: float = Field(0.5, ge=0.05, le=0.95, description="speech probability threshold")
+    min_silence_ms: int = Field(700, ge=50, le=10_000, description="silence that ends a turn")
+    min_speech_ms: int = Field(250, ge=30, le=10_000, description="shorter bursts are ignored")
+    speech_pad_ms: int = Field(150, ge=0, le=2_000, description="audio kept around speech")
+    max_turn_s: float = Field(30.0, gt=1, le=600, description="a turn is cut after this long")
+
+
+class ASRConfig(_Section):
+    """Speech recognition (faster-whisper)."""
+
+    model: str = Field("", description="hub name (tiny.en, base, ...) or local path; '' = embedded")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = Field("int8", description="CTranslate2 compute type")
+    language: str | None = Field("en", description="ISO code, or null to detect")
+    beam_size: int = Field(1, ge=1, le=10)
+    cpu_threads: int = Field(0, ge=0, le=256, description="0 = CTranslate2's default")
+    partials: bool = Field(False, description="emit partial hypotheses while speaking")
+    partial_interval_ms: int = Field(1000, ge=200, le=10_000)
+
+
+class TTSConfig(_Section):
+    """Speech synthesis."""
+
+    backend: Literal["piper", "espeak", "coqui"] = "piper"
+    piper_model: str = Field("", description="path to a piper .onnx voice; '' = embedded Joe")
+    length_scale: float = Field(1.0, gt=0.3, le=3.0, description="piper: >1 speaks slower")
+    espeak_voice: str = "en-us"
+    espeak_wpm: int = Field(160, ge=60, le=450)
+    coqui_model: str = "tts_models/multilingual/multi-dataset/xtts_v2"
+    coqui_reference: str = Field("", description="reference recording for voice cloning")
+    coqui_language: str = "en"
+
+
+class DialogueConfig(_Section):
+    """The LLM that writes replies."""
+
+    backend: Literal["llamacpp", "openai"] = "llamacpp"
+    model_path: str = Field("", description="llamacpp: GGUF path; '' = embedded SmolLM2-135M")
+    n_threads: int = Field(0, ge=0, le=256, description="llamacpp threads; 0 = all cores")
+    base_url: str = Field("http://localhost:11434/v1", description="openai: endpoint base URL")
+    model: str = Field("", description="openai: model name")
+    api_key: SecretStr | None = Field(None, description="openai: API key (masked)")
+    timeout_s: float = Field(30.0, gt=0, le=600, description="overall request timeout")
+    first_token_timeout_s: float = Field(15.0, gt=0, le=600)
+    max_tokens: int = Field(160, ge=1, le=8192)
+    temperature: float = Field(0.7, ge=0, le=2)
+    history_turns: int = Field(12, ge=0, le=1000, description="turns kept per person")
+    retries: int = Field(1, ge=0, le=5, description="retries before the first sentence")
+
+
+class PersonaConfig(_Section):
+    """Who the companion is."""
+
+    name: str = Field("Robin", min_length=1, max_length=60)
+    tone: str = "warm, patient and kind"
+    language: str = "en"
+    eldercare: bool = Field(False, description="slow, clear, short sentences and simple words")
+    max_sentences: int = Field(3, ge=1, le=20)
+
+
+class SafetyConfig(_Section):
+    """Eldercare distress alerts."""
+
+    enabled: bool = True
+    extra_phrases: list[str] = Field(default_factory=list, description="added to every category")
+    webhook_url: str = Field("", description="POST alerts here; '' = log only")
+    webhook_token: SecretStr | None = None
+    webhook_timeout_s: float = Field(5.0, gt=0, le=120)
+
+
+class ServerConfig(_Section):
+    """The HTTP/WebRTC server (later issues)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8420, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    """The effective configuration. Build it with :func:`load_config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Field(
+        Path("~/.local/share/likeness"), description="all state lives here (LIKENESS_DATA_DIR)"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["console", "json"] = "console"
+    vad: VADConfig = VADConfig()
+    asr: ASRConfig = ASRConfig()
+    tts: TTSConfig = TTSConfig()
+    dialogue: DialogueConfig = DialogueConfig()
+    persona: PersonaConfig = PersonaConfig()
+    safety: SafetyConfig = SafetyConfig()
+    server: ServerConfig = ServerConfig()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    # Set per load by load_config(); pydantic-settings reads it in settings_customise_sources.
+    _toml_path: Path | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_path))
+        return tuple(sources)
+
+    # Paths under the data directory: the one place that knows the layout.
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache"
+
+    @property
+    def memory_dir(self) -> Path:
+        return self.data_dir / "memory"
+
+    @property
+    def alerts_path(self) -> Path:
+        return self.data_dir / "alerts.jsonl"
+
+
+def _known_env_names(model: type[BaseModel], prefix: str) -> set[str]:
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}".upper()
+        names.add(key)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            names |= _known_env_names(annotation, f"{key}__")
+    return names
+
+
+def _check_env(environ: dict[str, str]) -> None:
+    known = _known_env_names(Settings, ENV_PREFIX) | _LOADER_ENV
+    for name in environ:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            raise ConfigError(f"{name}: unknown configuration variable")
+
+
+def _check_toml(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        with path.open("rb") as fh:
+            tomllib.load(fh)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path}: not valid TOML ({err})") from None
+
+
+def _describe(err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "config"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown configuration key"
+    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def load_config(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read, validate and return the effective configuration.
+
+    Args:
+        path: TOML file; defaults to ``$LIKENESS_CONFIG`` when set, else none.
+        **overrides: top-level keys that win over file and environment.
+
+    Raises:
+        ConfigError: unknown key or bad value; the message starts with the key.
+    """
+    _check_env(dict(os.environ))
+    chosen = path or os.environ.get("LIKENESS_CONFIG") or None
+    toml_path = Path(chosen).expanduser() if chosen else None
+    if toml_path is not None:
+        _check_toml(toml_path)
+    Settings._toml_path = toml_path
+    try:
+        return Settings(**overrides)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None
+    finally:
+        Settings._toml_path = None
+
+
+def masked_dump(settings: Settings) -> dict[str, Any]:
+    """The effective config as plain data with every secret replaced by ``'***'``."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return "***" if value.get_secret_value() else ""
+        if isinstance(value, BaseModel):
+            return {name: walk(getattr(value, name)) for name in type(value).model_fields}
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(settings)
+
+
+def ensure_data_dir(settings: Settings) -> Path:
+    """Create the data directory and its sub-folders (private to the user)."""
+    for folder in (settings.data_dir, settings.log_dir, settings.cache_dir, settings.memory_dir):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return settings.data_dir

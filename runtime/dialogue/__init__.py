@@ -1,0 +1,1 @@
+"""Dialogue: LLM backends behind one Protocol, persona, memory and sentence streaming."""

@@ -1,0 +1,325 @@
+"""Persona, per-person memory and sentence-by-sentence replies over a dialogue backend.
+
+:class:`Conversation` is the single retry point for dialogue backends: a
+retryable :class:`~runtime.errors.DialogueError` raised before the first
+sentence reached the caller is retried (``ConversationOptions.attempts`` in
+all); once a sentence was yielded, errors propagate, because the person may
+already be hearing it.
+
+What is remembered is what the person heard:
+
+* a reply that completes stores the user turn and every sentence yielded;
+* a reply cut short (the consuming task cancelled, the iterator closed, the
+  persona's ``max_sentences`` reached, or an error after partial output) stores
+  the user turn and only the sentences yielded so far;
+* after a barge-in, :meth:`Conversation.record_played` shrinks the stored reply
+  to what the speaker actually played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.dialogue.base import DialogueBackend, GenerationOptions, Message
+from runtime.errors import ConfigError, DialogueError
+from voice.sentences import SentenceCutter
+
+log = logging.getLogger(__name__)
+
+_LANGUAGES = {
+    "en": "English", "fr": "French", "de": "German", "es": "Spanish", "it": "Italian",
+    "nl": "Dutch", "pt": "Portuguese", "zh": "Chinese", "ja": "Japanese",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Persona:
+    """Who the companion is and how it speaks.
+
+    Attributes:
+        name: the name the companion uses for itself.
+        tone: a few words on its manner, used verbatim in the prompt.
+        language: ISO 639-1 code of the language it answers in.
+        eldercare: speak for older listeners: slow, clear, short sentences, simple words.
+        max_sentences: most sentences per reply; the reply is cut there (None: no limit).
+    """
+
+    name: str = "Robin"
+    tone: str = "warm, patient and gently cheerful"
+    language: str = "en"
+    eldercare: bool = False
+    max_sentences: int | None = 3
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ConfigError("persona.name must not be empty")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise ConfigError(f"persona.max_sentences must be >= 1, got {self.max_sentences}")
+
+
+def system_prompt(persona: Persona) -> str:
+    """The system message that sets up ``persona`` for the model."""
+    language = _LANGUAGES.get(persona.language, f"the language with code '{persona.language}'")
+    lines = [
+        f"You are {persona.name}, a companion who talks with people face to face "
+        "in a video call.",
+        f"Your manner is {persona.tone}.",
+        f"Always answer in {language}.",
+        "Your words are spoken aloud: use plain sentences, with no lists, no markdown, "
+        "no emojis and no stage directions.",
+        "If someone asks, say honestly that you are an AI companion.",
+    ]
+    if persona.max_sentences is not None:
+        lines.append(f"Answer in at most {persona.max_sentences} sentences.")
+    if persona.eldercare:
+        lines += [
+            "You are talking with an older person. Speak slowly and clearly.",
+            "Use short sentences and simple, everyday words, one idea at a time.",
+            "Ask only one question at a time, and never rush them.",
+            "If they repeat themselves, answer kindly, as if for the first time.",
+            "If they say they fell, are hurt or need help, answer calmly and briefly, "
+            "and tell them to call the care staff.",
+        ]
+    return "\n".join(lines)
+
+
+class ConversationMemory:
+    """Per-person chat history, bounded and persisted as one JSON file per person.
+
+    Every change is written to a temporary file, flushed to disk and moved over
+    the old file with ``os.replace``, so a crash keeps the last committed history.
+    Consecutive messages of the same role are merged (some chat templates require
+    alternating roles). Thread-safe.
+
+    Args:
+        directory: where the files live; created on the first write.
+        max_turns: messages kept per person (a question and its reply are two);
+            older ones are dropped, and the history never starts with a reply.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, max_turns: int = 20) -> None:
+        if max_turns < 2:
+            raise ConfigError(f"memory.max_turns must be >= 2, got {max_turns}")
+        self.directory = Path(directory)
+        self.max_turns = max_turns
+        self._cache: dict[str, list[Message]] = {}
+        self._lock = threading.Lock()
+
+    def history(self, person_id: str) -> list[Message]:
+        """A copy of ``person_id``'s stored messages, oldest first."""
+        with self._lock:
+            return list(self._load(person_id))
+
+    def append(self, person_id: str, message: Message) -> None:
+        """Add one message and write the history to disk.
+
+        Raises:
+            OSError: the file could not be written; memory keeps the change.
+        """
+        self.extend(person_id, [message])
+
+    def extend(self, person_id: str, messages: Iterable[Message]) -> None:
+        """Add several messages with a single write (see :meth:`append`)."""
+        with self._lock:
+            stored = self._load(person_id)
+            for message in messages:
+                if stored and stored[-1].role == message.role:
+                    merged = f"{stored[-1].content}\n{message.content}".strip()
+                    stored[-1] = Message(message.role, merged)
+                else:
+                    stored.append(message)
+            self._trim(stored)
+            self._write(person_id, stored)
+
+    def replace_last_reply(self, person_id: str, text: str) -> None:
+        """Replace the latest assistant message by ``text``, or drop it if ``text`` is blank.
+
+        Does nothing when the history does not end with an assistant message.
+        """
+        with self._lock:
+            stored = self._load(person_id)
+            if not stored or stored[-1].role != "assistant":
+                return
+            text = text.strip()
+            if text:
+                stored[-1] = Message("assistant", text)
+            else:
+                stored.pop()
+            self._write(person_id, stored)
+
+    def forget(self, person_id: str) -> None:
+        """Delete everything stored for ``person_id``."""
+        with self._lock:
+            self._cache.pop(person_id, None)
+            self._path(person_id).unlink(missing_ok=True)
+
+    def _path(self, person_id: str) -> Path:
+        # Hashed: any id (slashes, dots, length) maps to a safe file name.
+        digest = hashlib.sha256(person_id.encode("utf-8")).hexdigest()[:32]
+        return self.directory / f"{digest}.json"
+
+    def _load(self, person_id: str) -> list[Message]:
+        if person_id in self._cache:
+            return self._cache[person_id]
+        path = self._path(person_id)
+        messages: list[Message] = []
+        if path.exists():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                messages = [Message(m["role"], m["content"]) for m in data["messages"]]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                aside = path.with_suffix(".corrupt")
+                log.error("memory: unreadable %s (%s); moved to %s", path, exc, aside.name)
+                os.replace(path, aside)
+        self._cache[person_id] = messages
+        return messages
+
+    def _trim(self, stored: list[Message]) -> None:
+        del stored[: max(0, len(stored) - self.max_turns)]
+        while stored and stored[0].role != "user":
+            stored.pop(0)
+
+    def _write(self, person_id: str, stored: Sequence[Message]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": 1,
+            "person_id": person_id,
+            "messages": [{"role": m.role, "content": m.content} for m in stored],
+        }
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".memory-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(data, file, ensure_ascii=False)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, self._path(person_id))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConversationOptions:
+    """How replies are generated and retried.
+
+    Attributes:
+        generation: sampling options passed to the backend.
+        attempts: tries per reply (1 disables the retry); only before any sentence.
+        retry_delay_s: pause before a retry.
+    """
+
+    generation: GenerationOptions = field(default_factory=GenerationOptions)
+    attempts: int = 2
+    retry_delay_s: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"conversation.attempts must be >= 1, got {self.attempts}")
+
+
+class Conversation:
+    """Ties a backend, a persona and a memory into sentence-streamed replies.
+
+    Args:
+        backend: a loaded dialogue backend; the caller keeps ownership (and closes it).
+        persona: who is speaking.
+        memory: where each person's history lives.
+        options: generation and retry options.
+    """
+
+    def __init__(
+        self,
+        backend: DialogueBackend,
+        persona: Persona,
+        memory: ConversationMemory,
+        options: ConversationOptions | None = None,
+    ) -> None:
+        self.backend = backend
+        self.persona = persona
+        self.memory = memory
+        self.options = options or ConversationOptions()
+
+    async def reply(self, person_id: str, user_text: str) -> AsyncIterator[str]:
+        """Answer ``user_text`` from ``person_id``, yielding each sentence once complete.
+
+        Send each sentence to TTS as it arrives. To stop early (barge-in), cancel
+        the consuming task or ``aclose()`` the iterator: the backend stops and only
+        the sentences yielded so far are stored. Then call :meth:`record_played`.
+
+        Raises:
+            DialogueError: the backend failed after the retries, or after a
+                sentence was already yielded.
+        """
+        messages = [
+            Message("system", system_prompt(self.persona)),
+            *self.memory.history(person_id),
+            Message("user", user_text),
+        ]
+        limit = self.persona.max_sentences
+        spoken: list[str] = []
+        try:
+            for attempt in range(1, self.options.attempts + 1):
+                try:
+                    async with contextlib.aclosing(self._sentences(messages)) as sentences:
+                        async for sentence in sentences:
+                            spoken.append(sentence)
+                            yield sentence
+                            if limit is not None and len(spoken) >= limit:
+                                return
+                    return
+                except DialogueError as exc:
+                    if spoken or not exc.retryable or attempt >= self.options.attempts:
+                        raise
+                    log.warning(
+                        "dialogue: %s failed before any sentence (%s); retry %d of %d",
+                        self.backend.name, exc, attempt, self.options.attempts - 1,
+                    )
+                    await asyncio.sleep(self.options.retry_delay_s)
+        finally:
+            self._store(person_id, user_text, spoken)
+
+    def record_played(self, person_id: str, heard_text: str) -> None:
+        """Keep only ``heard_text`` of the last reply (dropped entirely if blank).
+
+        Call it after a barge-in, once the reply iterator has finished or been closed.
+        """
+        try:
+            self.memory.replace_last_reply(person_id, heard_text)
+        except OSError:
+            log.exception("memory: could not store what %s heard", person_id)
+
+    async def _sentences(self, messages: list[Message]) -> AsyncIterator[str]:
+        cutter = SentenceCutter()
+        stream = self.backend.stream(messages, self.options.generation)
+        async with contextlib.aclosing(stream) as pieces:
+            async for piece in pieces:
+                for sentence in cutter.feed(piece):
+                    yield sentence
+        for sentence in cutter.flush():
+            yield sentence
+
+    def _store(self, person_id: str, user_text: str, spoken: list[str]) -> None:
+        turn = [Message("user", user_text)]
+        if spoken:
+            turn.append(Message("assistant", " ".join(s.strip() for s in spoken)))
+        try:
+            self.memory.extend(person_id, turn)
+        except OSError:
+            log.exception("memory: could not store the turn of %s", person_id)

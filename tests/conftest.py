@@ -1,0 +1,79 @@
+"""Shared fixtures: an isolated data dir per test, real speech made at test time."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from voice.audio import read_audio, resample
+from voice.types import AudioChunk
+
+
+@pytest.fixture(autouse=True)
+def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Iterator[Path]:
+    """Every test gets its own LIKENESS_DATA_DIR and no stray LIKENESS_* variables."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("LIKENESS_"):
+            monkeypatch.delenv(name)
+    data = tmp_path_factory.mktemp("data")
+    monkeypatch.setenv("LIKENESS_DATA_DIR", str(data))
+    yield data
+
+
+def espeak_wav(text: str, path: Path, speed: int = 150, voice: str = "en-us") -> Path:
+    """Speak ``text`` with Debian's espeak-ng into a 22.05 kHz WAV."""
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is not installed: run `make setup` (apt-get install espeak-ng)")
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def piper_tts():
+    """The embedded Piper voice, loaded once."""
+    from voice.tts.piper import PiperOptions, PiperTTS
+
+    return PiperTTS.load(PiperOptions(noise_scale=0.0, noise_w=0.0))
+
+
+def piper_speech(tts, text: str) -> AudioChunk:
+    """Speak ``text`` with Piper; returns 16 kHz audio."""
+
+    async def run() -> np.ndarray:
+        return np.concatenate([c.pcm async for c in tts.synthesize(text)])
+
+    pcm = asyncio.run(run())
+    return AudioChunk(pcm=resample(pcm, tts.sample_rate, 16_000), sample_rate=16_000)
+
+
+def speech_bounds(chunk: AudioChunk, offset_s: float, level: float = 0.01) -> tuple[float, float]:
+    """First and last sample above ``level``, in seconds, shifted by ``offset_s``."""
+    loud = np.nonzero(np.abs(chunk.pcm) > level)[0]
+    return offset_s + loud[0] / chunk.sample_rate, offset_s + loud[-1] / chunk.sample_rate
+
+
+@pytest.fixture(scope="session")
+def whisper():
+    """The embedded tiny.en, loaded once."""
+    from voice.asr import WhisperASR
+
+    return WhisperASR.load()
+
+
+@pytest.fixture(scope="session")
+def espeak_clip(tmp_path_factory) -> AudioChunk:
+    """A short espeak-ng sentence at 16 kHz."""
+    path = espeak_wav("I would like to hear a story about the sea.", tmp_path_factory.mktemp("s") / "s.wav")
+    return read_audio(path)
