@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import avatar
@@ -40,8 +41,8 @@ bench_app = typer.Typer(help="Benchmarks: print a table, write JSON.", no_args_i
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 
-out = Console()
-err_console = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, soft_wrap=True)
 
 BAD_INPUT = (ConfigError, InputError, AudioInputError, ModelNotFoundError)
 KNOWN = (LikenessError, voice.VoiceError, avatar.AvatarError, consent.ConsentError)
@@ -70,7 +71,7 @@ state = _State()
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     """Print one line on stderr and return the Exit to raise."""
-    err_console.print(f"likeness: error: {message}", markup=False, highlight=False)
+    print(f"likeness: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
     return typer.Exit(code)
 
 
@@ -137,6 +138,11 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 # ---------------------------------------------------------------- config / doctor
 
 
+def _print_setting(key: str, value: Any) -> None:
+    line = f"# {key} is unset" if value is None else f"{key} = {json.dumps(value)}"
+    out.print(line, markup=False, highlight=False)
+
+
 @config_app.command("show")
 @handle_errors
 def config_show(
@@ -147,31 +153,40 @@ def config_show(
     if as_json:
         out.print_json(json.dumps(data))
         return
+    nested = {k: v for k, v in data.items() if isinstance(v, dict)}
     flat = {k: v for k, v in data.items() if not isinstance(v, dict)}
     for key, value in flat.items():
-        out.print(f"{key} = {json.dumps(value)}", markup=False, highlight=False)
-    for section, values in data.items():
-        if isinstance(values, dict):
-            out.print(f"\n[{section}]", markup=False, highlight=False)
-            for key, value in values.items():
-                out.print(f"{key} = {json.dumps(value)}", markup=False, highlight=False)
+        _print_setting(key, value)
+    for section, values in nested.items():
+        out.print(f"\n[{section}]", markup=False, highlight=False)
+        for key, value in values.items():
+            _print_setting(key, value)
 
 
 @app.command()
 @handle_errors
-def doctor() -> None:
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="print the checks as JSON")] = False,
+) -> None:
     """Check Python, system packages, models, GPU providers, ports and the data dir."""
+    from dataclasses import asdict
+
     from runtime.doctor import run_checks
 
     checks = run_checks(state.load())
+    failed = [c.name for c in checks if c.status == "fail"]
+    if as_json:
+        out.print_json(json.dumps([asdict(c) for c in checks]))
+        if failed:
+            raise typer.Exit(1)
+        return
     marks = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]FAIL[/]"}
     table = Table(title="likeness doctor")
     for column in ("check", "status", "detail", "fix"):
         table.add_column(column, overflow="fold")
     for check in checks:
-        table.add_row(check.name, marks[check.status], check.detail, check.fix)
+        table.add_row(escape(check.name), marks[check.status], escape(check.detail), escape(check.fix))
     out.print(table)
-    failed = [c.name for c in checks if c.status == "fail"]
     if failed:
         raise fail(f"{len(failed)} check(s) failed: {', '.join(failed)}", 1)
 
@@ -315,5 +330,5 @@ def main() -> None:
     try:
         app()
     except ConfigError as err:  # raised while loading config inside a command
-        err_console.print(f"likeness: error: {err}", markup=False, highlight=False)
+        fail(str(err))
         sys.exit(2)

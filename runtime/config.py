@@ -103,7 +103,12 @@ class SafetyConfig(_Section):
     """Eldercare distress alerts."""
 
     enabled: bool = True
-    extra_phrases: list[str] = Field(default_factory=list, description="added to every category")
+    phrases: dict[str, list[str]] | None = Field(
+        None, description="per category (fall, pain, help, confusion, self_harm); replaces defaults"
+    )
+    extra_phrases: dict[str, list[str]] = Field(
+        default_factory=dict, description="per category, added to the defaults"
+    )
     webhook_url: str = Field("", description="POST alerts here; '' = log only")
     webhook_token: SecretStr | None = None
     webhook_timeout_s: float = Field(5.0, gt=0, le=120)

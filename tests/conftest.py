@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,9 @@ def piper_speech(tts, text: str) -> AudioChunk:
     async def run() -> np.ndarray:
         return np.concatenate([c.pcm async for c in tts.synthesize(text)])
 
-    pcm = asyncio.run(run())
+    # A thread of its own, so async tests (with a running loop) can call it too.
+    with ThreadPoolExecutor(1) as pool:
+        pcm = pool.submit(asyncio.run, run()).result()
     return AudioChunk(pcm=resample(pcm, tts.sample_rate, 16_000), sample_rate=16_000)
 
 

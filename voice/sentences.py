@@ -33,7 +33,7 @@ SOFT_BREAKS = frozenset(",;:，；：、")
 CJK_SOFT_BREAKS = frozenset("，；：、")
 ABBREVIATIONS = frozenset(
     {"mr", "mrs", "ms", "dr", "st", "prof", "sr", "jr", "vs", "etc", "e.g", "i.e", "eg", "ie",
-     "cf", "approx", "mt", "no", "fig", "ave", "dept", "est", "inc", "ltd", "co"}
+     "cf", "approx", "mt", "fig", "ave", "dept", "inc", "ltd"}
 )  # fmt: skip
 
 

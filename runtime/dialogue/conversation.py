@@ -71,8 +71,7 @@ def system_prompt(persona: Persona) -> str:
     """The system message that sets up ``persona`` for the model."""
     language = _LANGUAGES.get(persona.language, f"the language with code '{persona.language}'")
     lines = [
-        f"You are {persona.name}, a companion who talks with people face to face "
-        "in a video call.",
+        f"You are {persona.name}, a companion who talks with people face to face in a video call.",
         f"Your manner is {persona.tone}.",
         f"Always answer in {language}.",
         "Your words are spoken aloud: use plain sentences, with no lists, no markdown, "
@@ -289,7 +288,10 @@ class Conversation:
                         raise
                     log.warning(
                         "dialogue: %s failed before any sentence (%s); retry %d of %d",
-                        self.backend.name, exc, attempt, self.options.attempts - 1,
+                        self.backend.name,
+                        exc,
+                        attempt,
+                        self.options.attempts - 1,
                     )
                     await asyncio.sleep(self.options.retry_delay_s)
         finally:

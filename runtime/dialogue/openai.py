@@ -200,8 +200,7 @@ class OpenAIChat:
                 retryable=True,
             )
         return DialogueTimeoutError(
-            f"openai: no text from {self._where} within "
-            f"{self.options.first_token_timeout_s:g} s"
+            f"openai: no text from {self._where} within {self.options.first_token_timeout_s:g} s"
         )
 
     def _parse_line(self, line: str) -> tuple[bool, bool, str]:
@@ -221,8 +220,7 @@ class OpenAIChat:
             return False, False, ""
         if "error" in event:
             raise DialogueError(
-                f"openai: {self._where} failed mid-stream: "
-                f"{self._redact(self._error_text(event))}",
+                f"openai: {self._where} failed mid-stream: {self._redact(self._error_text(event))}",
                 retryable=True,
             )
         choices = event.get("choices") or []

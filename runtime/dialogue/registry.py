@@ -44,6 +44,4 @@ async def load_dialogue(name: str, options: object | None = None) -> DialogueBac
                 f"got {type(options).__name__}"
             )
         return await LlamaCppChat.load(options)
-    raise DialogueError(
-        f"unknown dialogue backend {name!r}; choose one of: {', '.join(BACKENDS)}"
-    )
+    raise DialogueError(f"unknown dialogue backend {name!r}; choose one of: {', '.join(BACKENDS)}")

@@ -46,14 +46,14 @@ class CoquiOptions:
     Attributes:
         model: a Coqui model name (downloaded by ``coqui-tts`` into its cache) or the path
             of a local model folder holding ``config.json`` and the checkpoint.
-        reference_wav: a few seconds of clean speech of the person whose voice is cloned.
+        reference: a few seconds of clean speech of the person whose voice is cloned.
             Required; the consent gate is asked about exactly this recording.
         language: language of the text, as XTTS names it ("en", "de", "zh-cn", ...).
         device: torch device for the model ("cpu", "cuda", "cuda:1").
     """
 
     model: str = XTTS_V2
-    reference_wav: Path | None = None
+    reference: Path | None = None
     language: str = "en"
     device: str = "cpu"
 
@@ -83,18 +83,18 @@ class CoquiTTS:
         """Record what to load and the gate to ask; call :meth:`load` to get a usable one.
 
         Raises:
-            AudioInputError: ``options.reference_wav`` is not set.
+            AudioInputError: ``options.reference`` is not set.
         """
-        if options.reference_wav is None:
+        if options.reference is None:
             raise AudioInputError(
-                "CoquiOptions.reference_wav is missing: a cloned voice needs a reference "
+                "CoquiOptions.reference is missing: a cloned voice needs a reference "
                 "recording of the consenting person"
             )
         self.options = options
         self.sample_rate = 0
         self._gate = clone_gate
         self._request = VoiceCloneRequest(
-            reference=Path(options.reference_wav), voice_id=voice_id, purpose=purpose
+            reference=Path(options.reference), voice_id=voice_id, purpose=purpose
         )
         self._engine: Any = None
         self._lock = threading.Lock()  # one generation at a time per model instance
@@ -121,13 +121,13 @@ class CoquiTTS:
                 grant through the consent portal and pass the consent gate.
             AudioInputError: the reference recording is missing.
             BackendUnavailableError: ``coqui-tts`` is not installed.
-            ModelNotFoundError: ``options.model`` looks like a local path that does not exist.
+            ModelNotFoundError: ``options.model`` is neither a model name nor a model folder.
             BackendError: the model failed to load.
         """
         backend = cls(options, clone_gate=clone_gate, voice_id=voice_id, purpose=purpose)
-        backend._require_consent()
-        if not backend._request.reference.is_file():
+        if not backend._request.reference.is_file():  # the gate may hash the recording
             raise AudioInputError(f"Reference recording not found: {backend._request.reference}")
+        backend._require_consent()
         try:
             from TTS.api import TTS
         except ImportError as err:
@@ -135,23 +135,22 @@ class CoquiTTS:
                 "Coqui TTS is not installed: pip install 'likeness[coqui]'"
             ) from err
         model = Path(options.model)
+        is_name = options.model.startswith("tts_models/")
+        if not is_name and not (options.model and (model / "config.json").is_file()):
+            raise ModelNotFoundError(
+                f"Coqui model {options.model!r} is neither a model name (tts_models/...) nor "
+                f"a folder with config.json; the default is {XTTS_V2!r}"
+            )
         try:
-            if model.is_dir():
+            if is_name:
+                engine = TTS(model_name=options.model, progress_bar=False)
+            else:
                 engine = TTS(
                     model_path=str(model),
                     config_path=str(model / "config.json"),
                     progress_bar=False,
                 )
-            elif options.model.startswith("tts_models/"):
-                engine = TTS(model_name=options.model, progress_bar=False)
-            else:
-                raise ModelNotFoundError(
-                    f"Coqui model {options.model!r} is neither a model name "
-                    "(tts_models/...) nor an existing folder"
-                )
             backend._engine = engine.to(options.device)
-        except ModelNotFoundError:
-            raise
         except Exception as err:  # coqui and torch raise many unrelated types
             raise BackendError(f"Coqui could not load {options.model}: {err}") from err
         backend.sample_rate = int(backend._engine.synthesizer.output_sample_rate)

@@ -75,6 +75,9 @@ class _Event(ctypes.Structure):
     ]
 
 
+# (event type, audio position in ms, text position from 1, length in chars, phoneme)
+_RawEvent = tuple[int, int, int, int, str]
+
 _Callback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event)
 )
@@ -116,7 +119,7 @@ class _Engine:
         self.sample_rate = sample_rate
         self.lock = threading.Lock()
         self._pcm: list[np.ndarray] = []
-        self._events: list[tuple[int, int, int, int, str]] = []
+        self._events: list[_RawEvent] = []
         self._callback = _Callback(self._on_synth)  # kept alive as long as the engine
         lib.espeak_SetSynthCallback(self._callback)
 
@@ -148,7 +151,7 @@ class _Engine:
         self.lib.espeak_SetParameter(_PARAM_PITCH, options.pitch, 0)
         self.lib.espeak_SetParameter(_PARAM_VOLUME, options.amplitude, 0)
 
-    def render(self, text: str, options: EspeakOptions):
+    def render(self, text: str, options: EspeakOptions) -> tuple[np.ndarray, list[_RawEvent]]:
         """Synthesise ``text`` (blocking). Returns int16 samples and the raw events."""
         data = text.encode("utf-8")
         with self.lock:
@@ -170,6 +173,17 @@ _ENGINE: _Engine | None = None
 _ENGINE_LOCK = threading.Lock()
 
 
+def _declare(lib: ctypes.CDLL) -> None:
+    """Give ctypes the C signatures (speak_lib.h) of the functions used here."""
+    c = ctypes
+    lib.espeak_Initialize.argtypes = [c.c_int, c.c_int, c.c_char_p, c.c_int]
+    lib.espeak_SetSynthCallback.argtypes = [_Callback]
+    lib.espeak_SetVoiceByName.argtypes = [c.c_char_p]
+    lib.espeak_SetParameter.argtypes = [c.c_int, c.c_int, c.c_int]
+    lib.espeak_Synth.argtypes = [c.c_char_p, c.c_size_t, c.c_uint, c.c_int, c.c_uint, c.c_uint,
+                                 c.c_void_p, c.c_void_p]  # fmt: skip
+
+
 def _engine() -> _Engine:
     """Open and initialise libespeak-ng once per process.
 
@@ -186,24 +200,7 @@ def _engine() -> _Engine:
                 raise BackendUnavailableError(
                     f"eSpeak NG is not installed: {_INSTALL_HINT}"
                 ) from err
-            lib.espeak_Initialize.argtypes = [
-                ctypes.c_int,
-                ctypes.c_int,
-                ctypes.c_char_p,
-                ctypes.c_int,
-            ]
-            lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-            lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-            lib.espeak_Synth.argtypes = [
-                ctypes.c_char_p,
-                ctypes.c_size_t,
-                ctypes.c_uint,
-                ctypes.c_int,
-                ctypes.c_uint,
-                ctypes.c_uint,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-            ]
+            _declare(lib)
             options = _INITIALIZE_PHONEME_EVENTS | _INITIALIZE_PHONEME_IPA | _INITIALIZE_DONT_EXIT
             rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, None, options)
             if rate <= 0:
@@ -279,7 +276,7 @@ class EspeakTTS:
         )
 
 
-def _timings(events: list, text: str, duration: float) -> tuple[Timing, ...]:
+def _timings(events: list[_RawEvent], text: str, duration: float) -> tuple[Timing, ...]:
     """Phoneme timings, then word timings, from eSpeak's events for one sentence."""
     marks = [(ms / 1000.0, name) for kind, ms, _, _, name in events if kind == _EVENT_PHONEME]
     phonemes: list[Timing] = []

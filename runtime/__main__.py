@@ -1,0 +1,5 @@
+"""``python -m runtime`` is the ``likeness`` command."""
+
+from runtime.cli import main
+
+main()

@@ -1,0 +1,195 @@
+"""Build the voice and dialogue components from the one config.
+
+This is the only place that turns :class:`~runtime.config.Settings` into the
+components' own option dataclasses, so each component stays free of the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from runtime.config import Settings
+from runtime.dialogue.base import DialogueBackend, GenerationOptions
+from runtime.dialogue.conversation import (
+    Conversation,
+    ConversationMemory,
+    ConversationOptions,
+    Persona,
+)
+from runtime.errors import DialogueError
+from runtime.safety import (
+    AlertSink,
+    DistressDetector,
+    DistressOptions,
+    LogAlertSink,
+    WebhookAlertSink,
+)
+from voice.asr import ASROptions, WhisperASR
+from voice.tts.base import TTSBackend, VoiceCloneGate, deny_all_clones
+from voice.vad import SileroVAD, TurnDetector, VADOptions
+
+
+def embedded_piper_path() -> Path | None:
+    """The embedded Piper voice, or None when its package is missing."""
+    from voice.errors import ModelNotFoundError
+    from voice.tts.piper import default_model_path
+
+    try:
+        path = default_model_path()
+    except ModelNotFoundError:
+        return None
+    return path if path.is_file() else None
+
+
+def embedded_gguf_path() -> Path | None:
+    """The embedded SmolLM2 GGUF, or None when its package is missing."""
+    from runtime.dialogue.llamacpp import embedded_model_path
+
+    try:
+        path = embedded_model_path()
+    except DialogueError:
+        return None
+    return path if path.is_file() else None
+
+
+def vad_options(settings: Settings) -> VADOptions:
+    v = settings.vad
+    return VADOptions(
+        threshold=v.threshold,
+        min_silence_ms=v.min_silence_ms,
+        min_speech_ms=v.min_speech_ms,
+        speech_pad_ms=v.speech_pad_ms,
+        max_turn_s=v.max_turn_s,
+        progress_ms=settings.asr.partial_interval_ms if settings.asr.partials else 0,
+    )
+
+
+def load_turn_detector(settings: Settings) -> TurnDetector:
+    """A fresh end-of-turn detector (one per audio stream)."""
+    return TurnDetector(SileroVAD.load(), vad_options(settings))
+
+
+def load_asr(
+    settings: Settings, model: str | None = None, language: str | None = None
+) -> WhisperASR:
+    """The recogniser (blocking load; call from a worker thread in async code)."""
+    a = settings.asr
+    return WhisperASR.load(
+        ASROptions(
+            model=a.model if model is None else model,
+            device=a.device,
+            compute_type=a.compute_type,
+            language=a.language if language is None else language,
+            beam_size=a.beam_size,
+            cpu_threads=a.cpu_threads,
+        )
+    )
+
+
+def tts_options(settings: Settings, backend: str) -> object:
+    """The option dataclass of TTS ``backend`` built from ``settings.tts``."""
+    t = settings.tts
+    if backend == "piper":
+        from voice.tts.piper import PiperOptions
+
+        # Eldercare speaks slower unless a rate was configured explicitly.
+        scale = t.length_scale
+        if settings.persona.eldercare and "length_scale" not in t.model_fields_set:
+            scale = 1.2
+        return PiperOptions(model=Path(t.piper_model) if t.piper_model else None, length_scale=scale)
+    if backend == "espeak":
+        from voice.tts.espeak import EspeakOptions
+
+        wpm = t.espeak_wpm if not settings.persona.eldercare else min(t.espeak_wpm, 135)
+        return EspeakOptions(voice=t.espeak_voice, words_per_minute=wpm)
+    if backend == "coqui":
+        from voice.tts.coqui import CoquiOptions
+
+        return CoquiOptions(
+            model=t.coqui_model,
+            reference=Path(t.coqui_reference) if t.coqui_reference else None,
+            language=t.coqui_language,
+        )
+    return None
+
+
+async def load_tts(
+    settings: Settings, backend: str | None = None, clone_gate: VoiceCloneGate = deny_all_clones
+) -> TTSBackend:
+    """Load the configured TTS backend in a worker thread.
+
+    ``clone_gate`` is the voice-consent hook: only a cloning backend (coqui) asks it.
+    """
+    from voice.tts.registry import load_tts as load
+
+    name = backend or settings.tts.backend
+    extra = {"clone_gate": clone_gate} if name == "coqui" else {}
+    return await asyncio.to_thread(load, name, tts_options(settings, name), **extra)
+
+
+async def load_dialogue(settings: Settings) -> DialogueBackend:
+    """Load the configured LLM backend; the caller must ``await backend.aclose()``."""
+    from runtime.dialogue.registry import load_dialogue as load
+
+    d = settings.dialogue
+    if d.backend == "openai":
+        from runtime.dialogue.openai import OpenAIOptions
+
+        options: object = OpenAIOptions(
+            model=d.model,
+            base_url=d.base_url,
+            api_key=d.api_key.get_secret_value() if d.api_key else None,
+            first_token_timeout_s=d.first_token_timeout_s,
+            overall_timeout_s=d.timeout_s,
+        )
+    else:
+        from runtime.dialogue.llamacpp import LlamaCppOptions
+
+        options = LlamaCppOptions(
+            model_path=Path(d.model_path).expanduser() if d.model_path else None,
+            n_threads=d.n_threads or None,
+        )
+    return await load(d.backend, options)
+
+
+def conversation(settings: Settings, backend: DialogueBackend) -> Conversation:
+    """A conversation over ``backend`` with the persona and per-person memory of the config."""
+    p, d = settings.persona, settings.dialogue
+    return Conversation(
+        backend,
+        Persona(
+            name=p.name,
+            tone=p.tone,
+            language=p.language,
+            eldercare=p.eldercare,
+            max_sentences=p.max_sentences,
+        ),
+        ConversationMemory(settings.memory_dir, max_turns=d.history_turns),
+        ConversationOptions(
+            generation=GenerationOptions(max_tokens=d.max_tokens, temperature=d.temperature),
+            attempts=d.retries + 1,
+        ),
+    )
+
+
+def distress_detector(settings: Settings) -> DistressDetector | None:
+    """The distress detector, or None when safety alerts are off."""
+    s = settings.safety
+    if not s.enabled:
+        return None
+    extra = {k: tuple(v) for k, v in s.extra_phrases.items()}
+    if s.phrases is None:
+        return DistressDetector(DistressOptions(extra_phrases=extra))
+    phrases = {k: tuple(v) for k, v in s.phrases.items()}
+    return DistressDetector(DistressOptions(phrases=phrases, extra_phrases=extra))
+
+
+def alert_sinks(settings: Settings) -> list[AlertSink]:
+    """Where alerts go: always the alert log; also the webhook when one is set."""
+    s = settings.safety
+    sinks: list[AlertSink] = [LogAlertSink(settings.alerts_path)]
+    if s.webhook_url:
+        token = s.webhook_token.get_secret_value() if s.webhook_token else None
+        sinks.append(WebhookAlertSink(s.webhook_url, timeout_s=s.webhook_timeout_s, token=token))
+    return sinks
