@@ -60,9 +60,7 @@ class _State:
         if self.settings is None:
             self.settings = load_config(self.config_path, **(self.overrides or {}))
             ensure_data_dir(self.settings)
-            setup_logging(
-                self.settings.log_level, self.settings.log_format, self.settings.log_dir
-            )
+            setup_logging(self.settings.log_level, self.settings.log_format, self.settings.log_dir)
         return self.settings
 
 
@@ -185,7 +183,9 @@ def doctor(
     for column in ("check", "status", "detail", "fix"):
         table.add_column(column, overflow="fold")
     for check in checks:
-        table.add_row(escape(check.name), marks[check.status], escape(check.detail), escape(check.fix))
+        table.add_row(
+            escape(check.name), marks[check.status], escape(check.detail), escape(check.fix)
+        )
     out.print(table)
     if failed:
         raise fail(f"{len(failed)} check(s) failed: {', '.join(failed)}", 1)
@@ -267,9 +267,7 @@ def chat(
 @handle_errors
 def listen(
     audio: Annotated[Path, typer.Argument(help="a recording of someone speaking")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="reply WAV")] = Path(
-        "reply.wav"
-    ),
+    output: Annotated[Path, typer.Option("-o", "--output", help="reply WAV")] = Path("reply.wav"),
     person: Annotated[str, typer.Option(help="whose conversation memory to use")] = "default",
     as_json: Annotated[bool, typer.Option("--json", help="print the turns as JSON")] = False,
 ) -> None:

@@ -97,7 +97,9 @@ def tts_options(settings: Settings, backend: str) -> object:
         scale = t.length_scale
         if settings.persona.eldercare and "length_scale" not in t.model_fields_set:
             scale = 1.2
-        return PiperOptions(model=Path(t.piper_model) if t.piper_model else None, length_scale=scale)
+        return PiperOptions(
+            model=Path(t.piper_model) if t.piper_model else None, length_scale=scale
+        )
     if backend == "espeak":
         from voice.tts.espeak import EspeakOptions
 
@@ -147,7 +149,7 @@ async def load_dialogue(settings: Settings) -> DialogueBackend:
         from runtime.dialogue.llamacpp import LlamaCppOptions
 
         options = LlamaCppOptions(
-            model_path=Path(d.model_path).expanduser() if d.model_path else None,
+            model_path=Path(d.model_path) if d.model_path else None,
             n_threads=d.n_threads or None,
         )
     return await load(d.backend, options)

@@ -36,6 +36,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _expand_user(value: str) -> str:
+    return os.path.expanduser(value) if value else value
+
+
 class VADConfig(_Section):
     """Voice activity detection and end of turn."""
 
@@ -71,6 +75,8 @@ class TTSConfig(_Section):
     coqui_reference: str = Field("", description="reference recording for voice cloning")
     coqui_language: str = "en"
 
+    _paths = field_validator("piper_model", "coqui_reference")(_expand_user)
+
 
 class DialogueConfig(_Section):
     """The LLM that writes replies."""
@@ -87,6 +93,8 @@ class DialogueConfig(_Section):
     temperature: float = Field(0.7, ge=0, le=2)
     history_turns: int = Field(12, ge=0, le=1000, description="turns kept per person")
     retries: int = Field(1, ge=0, le=5, description="retries before the first sentence")
+
+    _paths = field_validator("model_path")(_expand_user)
 
 
 class PersonaConfig(_Section):

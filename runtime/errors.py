@@ -5,8 +5,9 @@ Hierarchy::
     LikenessError                 root of every error the runtime raises
     ├── ConfigError               bad or unknown configuration key; names the key (exit 2)
     ├── InputError                bad input given on the command line or API (exit 2)
-    └── DialogueError             an LLM backend failed; ``retryable`` tells the retry point
-        └── DialogueTimeoutError  no token within the configured time
+    ├── DialogueError             an LLM backend failed; ``retryable`` tells the retry point
+    │   └── DialogueTimeoutError  no token within the configured time
+    └── SafetyError               a distress alert could not be delivered (runtime.safety)
 
 Errors of the other packages have their own roots (``voice.VoiceError``,
 ``avatar.AvatarError``, ``consent.ConsentError``); the CLI maps all of them.

@@ -65,7 +65,10 @@ def setup_logging(level: str = "info", fmt: str = "console", log_dir: Path | Non
     console.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, console_renderer],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                console_renderer,
+            ],
         )
     )
     console._likeness = True  # type: ignore[attr-defined]

@@ -18,9 +18,9 @@ Where matching is wrong on purpose, or falls short:
 - Negation: a match is dropped when "not", "no", "never" or "without" stands in the
   ``negation_window`` words before it in the same clause ("I don't want to die", "no help
   needed", "I don't need help"), or when "not" / "is not" / "was not" follows it ("help is
-  not needed"). Farther negations are missed ("I don't need any help" alerts), and a
-  negation meant for something else still suppresses ("no, help" does not, the comma ends
-  the clause; "never mind, help" does not; "I never said help" does).
+  not needed"). Farther negations are missed ("I don't need any help", "I never want to
+  hurt myself" alert), and a nearby negation meant for something else still drops a match
+  ("I never said help"), though not across a clause end ("No, help!" alerts).
 - ``benign_phrases`` that overlap a match drop it ("I fell asleep", "help me with the TV").
 - Only the listed phrases are known: "my hip is killing me" or a fall told in other words
   does not alert, and a phrase used in a story ("the man in the film said help") does.

@@ -78,5 +78,7 @@ def whisper():
 @pytest.fixture(scope="session")
 def espeak_clip(tmp_path_factory) -> AudioChunk:
     """A short espeak-ng sentence at 16 kHz."""
-    path = espeak_wav("I would like to hear a story about the sea.", tmp_path_factory.mktemp("s") / "s.wav")
+    path = espeak_wav(
+        "I would like to hear a story about the sea.", tmp_path_factory.mktemp("s") / "s.wav"
+    )
     return read_audio(path)

@@ -4,8 +4,8 @@ Hierarchy::
 
     VoiceError                      root of every error this package raises
     ├── AudioInputError             unreadable, corrupt or unusable audio (bad input: exit 2)
-    ├── ModelNotFoundError          a model file or package is missing; the message says how to get it
-    ├── BackendError                an engine failed at run time; ``retryable`` says if a retry may help
+    ├── ModelNotFoundError          a model is missing; the message says how to get it
+    ├── BackendError                an engine failed at run time; see ``retryable``
     │   └── BackendUnavailableError the engine's package or system binary is not installed
     └── ConsentRequiredError        a voice clone was asked for without a voice consent
 

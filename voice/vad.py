@@ -103,8 +103,7 @@ class SileroVAD:
             torch.set_num_threads(threads)
         except ImportError as err:
             raise ModelNotFoundError(
-                f"Silero VAD is not installed ({err}); run `make setup` or "
-                "`pip install silero-vad`"
+                f"Silero VAD is not installed ({err}); run `make setup` or `pip install silero-vad`"
             ) from None
         return cls(load_silero_vad(onnx=True))
 
@@ -204,9 +203,8 @@ class TurnDetector:
             elif self._silence_from is None:
                 self._silence_from = start
         if self._speaking:
-            if (
-                self._silence_from is not None
-                and self._pos - self._silence_from >= self._ms(opts.min_silence_ms)
+            if self._silence_from is not None and self._pos - self._silence_from >= self._ms(
+                opts.min_silence_ms
             ):
                 events.append(self._end_turn(self._last_speech_end))
             elif self._pos - self._speech_start >= int(opts.max_turn_s * SAMPLE_RATE):

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,8 +101,14 @@ def test_doctor_reports_a_ready_cpu_machine():
     result = run("doctor", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     checks = {c["name"]: c for c in json.loads(result.stdout)}
-    for name in ("python", "model: whisper tiny.en", "model: piper en_US-joe-medium",
-                 "model: SmolLM2-135M GGUF", "model: silero VAD", "data dir"):
+    for name in (
+        "python",
+        "model: whisper tiny.en",
+        "model: piper en_US-joe-medium",
+        "model: SmolLM2-135M GGUF",
+        "model: silero VAD",
+        "data dir",
+    ):
         assert checks[name]["status"] == "ok", checks[name]
     assert all(c["fix"] for c in checks.values() if c["status"] != "ok")
     table = run("doctor")
@@ -138,7 +143,11 @@ def test_listen_runs_the_whole_voice_loop(tmp_path, _isolated_data_dir):
 @pytest.mark.slow
 def test_chat_streams_text_and_speaks(tmp_path, _isolated_data_dir):
     result = run(
-        "chat", "--person", "ann", "--audio-dir", str(tmp_path),
+        "chat",
+        "--person",
+        "ann",
+        "--audio-dir",
+        str(tmp_path),
         stdin="Hello! Who are you?\nThank you.\n",
     )
     assert result.returncode == 0, result.stderr

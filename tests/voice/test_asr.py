@@ -21,8 +21,13 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
 
 def wer(reference: str, hypothesis: str) -> float:
     norm = jiwer.Compose(
-        [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-         jiwer.Strip(), jiwer.ReduceToListOfListOfWords()]
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
     )
     return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
 
@@ -86,7 +91,9 @@ def test_word_timestamps(piper_tts):
 
 
 async def test_stage_gives_partials_then_final(whisper, piper_tts):
-    speech = piper_speech(piper_tts, "I went to the market this morning and bought some apples and pears.")
+    speech = piper_speech(
+        piper_tts, "I went to the market this morning and bought some apples and pears."
+    )
     pcm = np.concatenate([np.zeros(8000, np.float32), speech.pcm, np.zeros(16000, np.float32)])
 
     async def audio():

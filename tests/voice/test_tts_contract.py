@@ -2,9 +2,10 @@
 
 Piper runs the embedded joe voice with its noise turned off, so that two runs of the
 same text give the same samples; eSpeak NG's output varies by a few milliseconds from
-call to call (its own randomness and state left by the previous sentence). Coqui joins the
-suite only where ``coqui-tts`` is installed and its weights may be fetched; its consent
-gate is tested without it in ``test_tts_coqui_gate.py``.
+call to call (its own randomness and state left by the previous sentence). Coqui joins
+the suite only where ``coqui-tts`` is installed and the operator accepted the XTTS-v2
+license (``COQUI_TOS_AGREED=1``, marker ``weights``); its consent gate is tested
+without it in ``test_tts_coqui_gate.py``.
 """
 
 from __future__ import annotations
@@ -32,23 +33,37 @@ THREE = "Good morning, Margaret. Did you sleep well last night? The garden looks
 DETERMINISTIC = {"piper"}  # with its noise off; eSpeak NG varies by a few ms
 
 
+COQUI = pytest.param(
+    "coqui",
+    marks=[
+        pytest.mark.weights,
+        pytest.mark.skipif(
+            importlib.util.find_spec("TTS") is None,
+            reason="coqui-tts is not installed (pip install 'likeness[coqui]')",
+        ),
+        pytest.mark.skipif(
+            os.environ.get("COQUI_TOS_AGREED") != "1",
+            reason="XTTS-v2 weights need the operator to accept the CPML (COQUI_TOS_AGREED=1)",
+        ),
+    ],
+)
+
+
 def _coqui_backend(tmp_path: Path) -> TTSBackend:
-    if importlib.util.find_spec("TTS") is None:
-        pytest.skip("coqui-tts is not installed (pip install 'likeness[coqui]')")
-    if os.environ.get("COQUI_TOS_AGREED") != "1":
-        pytest.skip("XTTS-v2 weights need the operator to accept the CPML (COQUI_TOS_AGREED=1)")
+    """XTTS-v2 cloning an eSpeak recording, under a grant for that recording only."""
     reference = tmp_path / "reference.wav"
     espeak = EspeakTTS.load()
     chunks = asyncio.run(_collect(espeak, "This recording is only a test reference."))
     sf.write(reference, np.concatenate([c.pcm for c in chunks]), espeak.sample_rate)
 
-    def test_grant(request: VoiceCloneRequest) -> bool:  # a grant for this test's voice only
+    def grant_for_this_recording(request: VoiceCloneRequest) -> bool:
         return request.reference == reference
 
-    return load_tts("coqui", CoquiOptions(reference=reference), clone_gate=test_grant)
+    options = CoquiOptions(reference=reference)
+    return load_tts("coqui", options, clone_gate=grant_for_this_recording)
 
 
-@pytest.fixture(scope="module", params=list(BACKENDS))
+@pytest.fixture(scope="module", params=["piper", "espeak", COQUI])
 def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     if request.param == "piper":
         return load_tts("piper", PiperOptions(noise_scale=0.0, noise_w=0.0))

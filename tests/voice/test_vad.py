@@ -58,18 +58,30 @@ def test_finds_each_turn_within_200ms(two_turns):
 def test_turn_audio_holds_the_speech_with_padding(two_turns):
     audio, _ = two_turns
     opts = VADOptions(min_silence_ms=600, speech_pad_ms=200)
-    turns = [e for e in feed(TurnDetector(SileroVAD.load(), opts), audio.pcm) if isinstance(e, TurnEnded)]
+    turns = [
+        e for e in feed(TurnDetector(SileroVAD.load(), opts), audio.pcm) if isinstance(e, TurnEnded)
+    ]
     for turn in turns:
         assert turn.audio.sample_rate == RATE
         assert turn.audio.pts == pytest.approx(turn.start - 0.2, abs=1e-6)
-        expected = audio.pcm[int(turn.audio.pts * RATE) : int(turn.audio.pts * RATE) + len(turn.audio.pcm)]
+        expected = audio.pcm[
+            int(turn.audio.pts * RATE) : int(turn.audio.pts * RATE) + len(turn.audio.pcm)
+        ]
         np.testing.assert_array_equal(turn.audio.pcm, expected)
 
 
 def test_chunk_size_does_not_change_the_result(two_turns):
     audio, _ = two_turns
-    a = [e.start for e in feed(TurnDetector(SileroVAD.load()), audio.pcm, 160) if isinstance(e, TurnEnded)]
-    b = [e.start for e in feed(TurnDetector(SileroVAD.load()), audio.pcm, 16000) if isinstance(e, TurnEnded)]
+    a = [
+        e.start
+        for e in feed(TurnDetector(SileroVAD.load()), audio.pcm, 160)
+        if isinstance(e, TurnEnded)
+    ]
+    b = [
+        e.start
+        for e in feed(TurnDetector(SileroVAD.load()), audio.pcm, 16000)
+        if isinstance(e, TurnEnded)
+    ]
     assert a == b and len(a) == 2
 
 
@@ -82,7 +94,9 @@ def test_long_silence_makes_one_turn_short_pause_does_not_split(two_turns):
 
 def test_silence_and_noise_make_no_turn():
     rng = np.random.default_rng(0)
-    quiet = np.concatenate([np.zeros(RATE * 2, np.float32), rng.normal(0, 0.003, RATE * 2).astype(np.float32)])
+    quiet = np.concatenate(
+        [np.zeros(RATE * 2, np.float32), rng.normal(0, 0.003, RATE * 2).astype(np.float32)]
+    )
     assert feed(TurnDetector(SileroVAD.load()), quiet) == []
 
 
@@ -103,7 +117,9 @@ def test_progress_snapshots_while_speaking(two_turns):
 
 def test_max_turn_cuts_a_monologue(two_turns):
     audio, _ = two_turns
-    events = feed(TurnDetector(SileroVAD.load(), VADOptions(max_turn_s=1.0, min_silence_ms=600)), audio.pcm)
+    events = feed(
+        TurnDetector(SileroVAD.load(), VADOptions(max_turn_s=1.0, min_silence_ms=600)), audio.pcm
+    )
     turns = [e for e in events if isinstance(e, TurnEnded)]
     assert len(turns) >= 3
     assert all(t.end - t.start <= 1.05 for t in turns)
