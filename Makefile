@@ -6,10 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMPS := .stamps
 APT_PACKAGES := espeak-ng ffmpeg sox
-# llama-cpp-python builds from source (the registry has no wheel): skip the parts we
-# don't use so the first build takes ~4 min instead of ~10 on two cores.
+# llama-cpp-python builds from source (the registry has no wheel). Skip the parts we
+# don't use (~4 min instead of ~10 on two cores) and build for a portable AVX2 CPU:
+# a native build turns on AMX kernels that crash (SIGSEGV) on these virtual machines.
 export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF \
+  -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 PYTEST_ARGS ?=
 
 .PHONY: setup demo test lint bench doctor clean

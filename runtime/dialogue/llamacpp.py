@@ -230,4 +230,6 @@ class LlamaCppChat:
                 if text:
                     send("piece", text)
         finally:
-            chunks.close()
+            close = getattr(chunks, "close", None)  # frees the engine's sampler state
+            if close is not None:
+                close()
