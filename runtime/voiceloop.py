@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,18 +96,25 @@ class SpokenReply:
 
 
 async def speak_reply(
-    conversation: Conversation, tts: TTSBackend, person: str, user_text: str
+    conversation: Conversation,
+    tts: TTSBackend,
+    person: str,
+    user_text: str,
+    on_sentence: Callable[[str], None] | None = None,
 ) -> AsyncIterator[tuple[int, str, SpeechChunk]]:
     """Stream a reply: yields (sentence number, sentence, speech chunk) as soon as each exists.
 
     The LLM runs in its own task and queues sentences; TTS speaks them in order.
-    Closing this generator (barge-in) cancels both.
+    ``on_sentence`` is called as soon as the LLM completes each sentence (before it
+    is spoken). Closing this generator (barge-in) cancels both.
     """
     sentences: asyncio.Queue[str | None] = asyncio.Queue()
 
     async def write() -> None:
         try:
             async for sentence in conversation.reply(person, user_text):
+                if on_sentence is not None:
+                    on_sentence(sentence)
                 await sentences.put(sentence)
         finally:
             await sentences.put(None)
@@ -133,13 +140,18 @@ async def collect_reply(
     """Run :func:`speak_reply` to the end, timing the first sentence and audio."""
     reply = SpokenReply()
     started = time.perf_counter()
+
+    def first_sentence(_sentence: str) -> None:
+        if reply.first_sentence_s is None:
+            reply.first_sentence_s = time.perf_counter() - started
+
     last = -1
-    async for number, sentence, chunk in speak_reply(conversation, tts, person, user_text):
+    async for number, sentence, chunk in speak_reply(
+        conversation, tts, person, user_text, on_sentence=first_sentence
+    ):
         if number != last:
             last = number
             reply.text = f"{reply.text} {sentence}".strip()
-            if reply.first_sentence_s is None:
-                reply.first_sentence_s = time.perf_counter() - started
             if echo:
                 print(sentence, end=" ", flush=True)
         if reply.first_audio_s is None:

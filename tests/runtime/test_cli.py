@@ -169,3 +169,22 @@ def test_bench_voice_writes_json_and_table(tmp_path):
         assert key in metrics and metrics[key] > 0
     assert metrics["asr_rtf"] < 1.0, "tiny.en should run faster than real time"
     assert "asr_rtf" in result.stdout
+
+
+
+def test_disk_full_is_one_line_exit_1(capsys):
+    import errno
+
+    import typer
+
+    from runtime.cli import handle_errors
+
+    @handle_errors
+    def write() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/reply.wav")
+
+    with pytest.raises(typer.Exit) as info:
+        write()
+    assert info.value.exit_code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["likeness: error: /data/reply.wav: No space left on device"]

@@ -8,11 +8,13 @@ Blocking engine calls run in a worker thread: never on the event loop.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from voice.sentences import split_sentences
 from voice.types import SpeechChunk
 
 
@@ -62,3 +64,31 @@ VoiceCloneGate = Callable[[VoiceCloneRequest], bool]
 def deny_all_clones(request: VoiceCloneRequest) -> bool:
     """Default gate: no voice is cloned until a consent gate is wired in."""
     return False
+
+
+def speakable_sentences(text: str) -> list[str]:
+    """The sentences of ``text`` that have something to pronounce (a letter or a digit)."""
+    return [s for s in split_sentences(text) if any(ch.isalnum() for ch in s)]
+
+
+async def stream_by_sentence(
+    text: str,
+    render: Callable[[str, bool], SpeechChunk],
+    before_each: Callable[[], None] | None = None,
+) -> AsyncIterator[SpeechChunk]:
+    """The streaming loop every backend shares: one chunk per speakable sentence.
+
+    Args:
+        text: what to say; text with nothing to pronounce yields no chunk.
+        render: blocking ``(sentence, is_last) -> SpeechChunk``; runs in a worker
+            thread, one sentence at a time, only when the next chunk is asked for.
+        before_each: called before each sentence (e.g. a consent re-check that raises).
+    """
+    sentences = speakable_sentences(text)
+    for index, sentence in enumerate(sentences):
+        if before_each is not None:
+            before_each()
+        is_last = index == len(sentences) - 1
+        chunk = await asyncio.to_thread(render, sentence, is_last)
+        if len(chunk.pcm) or is_last:
+            yield chunk

@@ -16,7 +16,6 @@ the audio.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -32,8 +31,12 @@ from voice.errors import (
     ConsentRequiredError,
     ModelNotFoundError,
 )
-from voice.sentences import split_sentences
-from voice.tts.base import VoiceCloneGate, VoiceCloneRequest, deny_all_clones
+from voice.tts.base import (
+    VoiceCloneGate,
+    VoiceCloneRequest,
+    deny_all_clones,
+    stream_by_sentence,
+)
 from voice.types import SpeechChunk
 
 XTTS_V2 = "tts_models/multilingual/multi-dataset/xtts_v2"
@@ -173,20 +176,10 @@ class CoquiTTS:
             ConsentRequiredError: the grant is missing or was revoked; stop the reply.
             BackendError: not loaded (use :meth:`load`), or the model failed.
         """
-        self._require_consent()
-        sentences = [s for s in split_sentences(text) if any(c.isalnum() for c in s)]
-        for index, sentence in enumerate(sentences):
-            if index:
-                self._require_consent()
-            pcm = await asyncio.to_thread(self._render, sentence)
-            yield SpeechChunk(
-                pcm=pcm,
-                sample_rate=self.sample_rate,
-                text=sentence,
-                is_last=index == len(sentences) - 1,
-            )
+        async for chunk in stream_by_sentence(text, self._render, self._require_consent):
+            yield chunk
 
-    def _render(self, sentence: str) -> np.ndarray:
+    def _render(self, sentence: str, is_last: bool) -> SpeechChunk:
         if self._engine is None:
             raise BackendError("CoquiTTS is not loaded: build it with CoquiTTS.load()")
         try:
@@ -198,4 +191,5 @@ class CoquiTTS:
                 )
         except Exception as err:  # coqui and torch raise many unrelated types
             raise BackendError(f"Coqui failed on {sentence!r}: {err}") from err
-        return np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+        pcm = np.clip(np.asarray(wav, dtype=np.float32).reshape(-1), -1.0, 1.0)
+        return SpeechChunk(pcm=pcm, sample_rate=self.sample_rate, text=sentence, is_last=is_last)

@@ -24,7 +24,6 @@ millisecond per word, so concurrent calls wait very little.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import threading
@@ -35,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 
 from voice.errors import BackendError, BackendUnavailableError, ModelNotFoundError
-from voice.sentences import split_sentences
+from voice.tts.base import stream_by_sentence
 from voice.types import SpeechChunk, Timing
 
 # Constants from espeak-ng's public header, speak_lib.h.
@@ -256,12 +255,8 @@ class EspeakTTS:
             BackendUnavailableError: the engine vanished since :meth:`load`.
             BackendError: the engine refused the text.
         """
-        sentences = [s for s in split_sentences(text) if any(c.isalnum() for c in s)]
-        for index, sentence in enumerate(sentences):
-            is_last = index == len(sentences) - 1
-            chunk = await asyncio.to_thread(self._render, sentence, is_last)
-            if len(chunk.pcm) or is_last:
-                yield chunk
+        async for chunk in stream_by_sentence(text, self._render):
+            yield chunk
 
     def _render(self, sentence: str, is_last: bool) -> SpeechChunk:
         samples, events = _engine().render(sentence, self.options)

@@ -23,7 +23,6 @@ chunk's ``timings`` is empty.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 import logging
 import unicodedata
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from voice.errors import BackendError, BackendUnavailableError, ModelNotFoundError
-from voice.sentences import split_sentences
+from voice.tts.base import stream_by_sentence
 from voice.types import SpeechChunk, Timing
 
 if TYPE_CHECKING:
@@ -171,12 +170,8 @@ class PiperTTS:
         Raises:
             BackendError: the ONNX model failed (not retryable).
         """
-        sentences = [s for s in split_sentences(text) if _speakable(s)]
-        for index, sentence in enumerate(sentences):
-            is_last = index == len(sentences) - 1
-            chunk = await asyncio.to_thread(self._render, sentence, is_last)
-            if len(chunk.pcm) or is_last:
-                yield chunk
+        async for chunk in stream_by_sentence(text, self._render):
+            yield chunk
 
     def _render(self, sentence: str, is_last: bool) -> SpeechChunk:
         """Synthesise one sentence (blocking) and turn alignments into timings."""
@@ -221,11 +216,6 @@ class PiperTTS:
             timings=tuple(timings) if timings_ok else (),
             is_last=is_last,
         )
-
-
-def _speakable(sentence: str) -> bool:
-    """True when the sentence has something to pronounce (a letter or a digit)."""
-    return any(ch.isalnum() for ch in sentence)
 
 
 def _fold_segments(
