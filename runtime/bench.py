@@ -18,15 +18,17 @@ import numpy as np
 from runtime import components
 from runtime.config import Settings
 from runtime.dialogue.base import GenerationOptions, Message
+from runtime.dialogue.llamacpp import default_threads
 from voice.audio import resample
 from voice.types import AudioChunk
 from voice.vad import FRAME
 
 BENCH_TEXT = (
-    "Good morning! It is a bright and quiet day outside. "
+    "Good morning, it is lovely to see you again today. It is a bright and quiet day outside. "
     "Would you like to hear about the garden, or shall we talk about your family?"
 )
-BENCH_PROMPT = "Tell me one short, kind sentence about the sea."
+# A new prompt each run, so the figures are not those of llama.cpp's prompt cache.
+BENCH_TOPICS = ("the sea", "a garden", "the moon", "a cat", "a river", "the mountains")
 
 
 def machine_info() -> dict[str, Any]:
@@ -120,12 +122,14 @@ async def _bench_llm(settings: Settings, repeats: int) -> tuple[dict[str, float]
     started = time.perf_counter()
     backend = await components.load_dialogue(settings)
     load_s = time.perf_counter() - started
-    options = GenerationOptions(max_tokens=48, temperature=0.0)
-    messages = [Message("user", BENCH_PROMPT)]
+    options = GenerationOptions(max_tokens=96, temperature=0.0)
     ttft: list[float] = []
     rates: list[float] = []
+    cold = float("nan")
     try:
         for i in range(repeats + 1):
+            topic = BENCH_TOPICS[i % len(BENCH_TOPICS)]
+            messages = [Message("user", f"Tell me a story about {topic}.")]
             t0 = time.perf_counter()
             t_first = None
             pieces = 0
@@ -133,6 +137,8 @@ async def _bench_llm(settings: Settings, repeats: int) -> tuple[dict[str, float]
                 t_first = t_first if t_first is not None else time.perf_counter() - t0
                 pieces += 1
             total = time.perf_counter() - t0
+            if not i and t_first is not None:
+                cold = t_first
             if i and t_first is not None:
                 ttft.append(t_first)
                 if total > t_first and pieces > 1:
@@ -141,10 +147,41 @@ async def _bench_llm(settings: Settings, repeats: int) -> tuple[dict[str, float]
         await backend.aclose()
     metrics = {
         "llm_load_s": load_s,
+        "llm_first_token_cold_ms": cold * 1000,
         "llm_first_token_ms": _median(ttft) * 1000 if ttft else float("nan"),
         "llm_pieces_per_s": _median(rates) if rates else float("nan"),
     }
     return metrics, {"first_token_s": ttft, "pieces_per_s": rates}
+
+
+async def _bench_turn(
+    settings: Settings, speech: AudioChunk, repeats: int
+) -> tuple[dict[str, float], dict]:
+    """One whole turn after the person stopped speaking: transcript → first sentence
+    → first audio, through the same streaming code the companion uses."""
+    from runtime.voiceloop import collect_reply
+
+    asr = await asyncio.to_thread(components.load_asr, settings)
+    tts = await components.load_tts(settings)
+    backend = await components.load_dialogue(settings)
+    talk = components.conversation(settings, backend)
+    stages: dict[str, list[float]] = {"transcript": [], "first_sentence": [], "first_audio": []}
+    try:
+        for i in range(repeats + 1):
+            talk.memory.forget("bench")
+            t0 = time.perf_counter()
+            heard = await asr.transcribe(speech)
+            t_text = time.perf_counter() - t0
+            reply = await collect_reply(talk, tts, "bench", heard.text)
+            if i and reply.first_audio_s is not None:
+                stages["transcript"].append(t_text)
+                stages["first_sentence"].append(t_text + (reply.first_sentence_s or 0.0))
+                stages["first_audio"].append(t_text + reply.first_audio_s)
+    finally:
+        talk.memory.forget("bench")
+        await backend.aclose()
+    metrics = {f"turn_{k}_ms": _median(v) * 1000 for k, v in stages.items() if v}
+    return metrics, stages
 
 
 def bench_voice(settings: Settings, repeats: int = 5) -> dict[str, Any]:
@@ -158,6 +195,7 @@ def bench_voice(settings: Settings, repeats: int = 5) -> dict[str, Any]:
         asr_m, asr_runs, heard = await asyncio.to_thread(_bench_asr, settings, speech, repeats)
         vad_m = await asyncio.to_thread(_bench_vad, settings, speech)
         llm_m, llm_runs = await _bench_llm(settings, repeats)
+        turn_m, turn_runs = await _bench_turn(settings, speech, repeats)
         return {
             "bench": "voice",
             "machine": machine_info(),
@@ -165,10 +203,17 @@ def bench_voice(settings: Settings, repeats: int = 5) -> dict[str, Any]:
                 "tts": settings.tts.backend,
                 "asr_model": settings.asr.model or "embedded tiny.en",
                 "dialogue": settings.dialogue.backend,
+                "llm_threads": settings.dialogue.n_threads or default_threads(),
                 "repeats": repeats,
             },
-            "metrics": {**asr_m, **tts_m, **vad_m, **llm_m},
-            "runs": {"tts": tts_runs, "asr": asr_runs, "llm": llm_runs, "asr_text": heard},
+            "metrics": {**asr_m, **tts_m, **vad_m, **llm_m, **turn_m},
+            "runs": {
+                "tts": tts_runs,
+                "asr": asr_runs,
+                "llm": llm_runs,
+                "turn": turn_runs,
+                "asr_text": heard,
+            },
         }
 
     return asyncio.run(run())

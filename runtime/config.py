@@ -83,7 +83,7 @@ class DialogueConfig(_Section):
 
     backend: Literal["llamacpp", "openai"] = "llamacpp"
     model_path: str = Field("", description="llamacpp: GGUF path; '' = embedded SmolLM2-135M")
-    n_threads: int = Field(0, ge=0, le=256, description="llamacpp threads; 0 = all cores")
+    n_threads: int = Field(0, ge=0, le=256, description="llamacpp threads; 0 = half the cores")
     base_url: str = Field("http://localhost:11434/v1", description="openai: endpoint base URL")
     model: str = Field("", description="openai: model name")
     api_key: SecretStr | None = Field(None, description="openai: API key (masked)")

@@ -41,9 +41,7 @@ class DialogueBackend(Protocol):
 
     name: str
 
-    def stream(
-        self, messages: Sequence[Message], options: GenerationOptions
-    ) -> AsyncIterator[str]:
+    def stream(self, messages: Sequence[Message], options: GenerationOptions) -> AsyncIterator[str]:
         """Yield text pieces of the reply as they are generated.
 
         Raises:

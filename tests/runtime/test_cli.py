@@ -165,11 +165,19 @@ def test_bench_voice_writes_json_and_table(tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     metrics = data["metrics"]
-    for key in ("asr_rtf", "tts_piper_first_audio_ms", "tts_piper_rtf", "llm_first_token_ms"):
+    for key in (
+        "asr_rtf",
+        "tts_piper_first_audio_ms",
+        "tts_piper_rtf",
+        "llm_first_token_ms",
+        "turn_first_audio_ms",
+    ):
         assert key in metrics and metrics[key] > 0
     assert metrics["asr_rtf"] < 1.0, "tiny.en should run faster than real time"
+    # The stages of a turn happen in order.
+    assert metrics["turn_transcript_ms"] <= metrics["turn_first_sentence_ms"]
+    assert metrics["turn_first_sentence_ms"] <= metrics["turn_first_audio_ms"]
     assert "asr_rtf" in result.stdout
-
 
 
 def test_disk_full_is_one_line_exit_1(capsys):
