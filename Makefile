@@ -4,7 +4,6 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMPS := .stamps
 APT_PACKAGES := espeak-ng ffmpeg sox
 # llama-cpp-python builds from source (the registry has no wheel). Skip the parts we
 # don't use (~4 min instead of ~10 on two cores) and build for a portable AVX2 CPU:
@@ -14,22 +13,21 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF 
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench doctor clean
+.PHONY: setup system-packages demo test lint bench doctor clean
 
-setup: $(STAMPS)/apt $(STAMPS)/venv
+setup: system-packages $(VENV)/.installed
 
-$(STAMPS)/apt:
-	@mkdir -p $(STAMPS)
+# Checked every time (a few ms with dpkg); apt-get runs only when something is missing.
+system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@touch $@
 
-$(STAMPS)/venv: pyproject.toml
-	@mkdir -p $(STAMPS)
+# The stamp lives inside .venv: deleting .venv reinstalls; editing pyproject.toml too.
+$(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools<81' wheel
 	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
@@ -51,4 +49,4 @@ doctor: setup
 	$(BIN)/likeness doctor
 
 clean:
-	rm -rf $(STAMPS) $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache
