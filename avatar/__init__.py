@@ -1,15 +1,18 @@
-"""Avatar: face analysis and video generators (filled in by later issues).
+"""Avatar: face analysis and video generators.
 
-Hierarchy of errors::
+This package imports none of likeness's other packages: a generator takes audio
+and timings (any objects with ``symbol``, ``kind``, ``start``, ``end``), never a
+TTS object, and it is gated from outside — it never decides consent itself.
 
-    AvatarError   root of every error this package raises
+Hierarchy of errors (``avatar.errors``)::
+
+    AvatarError             root of every error this package raises
+    ├── ImageInputError     unreadable / unusable image (bad input: exit 2)
+    ├── FaceNotFoundError   no usable face: none, too small, profile view (bad input: exit 2)
+    ├── ModelNotFoundError  a face model is missing; the message says how to install it
+    └── GeneratorError      a generator failed at run time; ``retryable`` says if a retry may help
 """
 
-
-class AvatarError(Exception):
-    """Root of every error raised by ``avatar``."""
-
-    retryable: bool = False
-
+from avatar.errors import AvatarError
 
 __all__ = ["AvatarError"]

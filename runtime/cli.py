@@ -10,24 +10,26 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-import avatar
-import consent
-import voice
-from runtime.config import Settings, ensure_data_dir, load_config, masked_dump
-from runtime.errors import ConfigError, InputError, LikenessError
-from runtime.logs import setup_logging
-from voice.errors import AudioInputError, ModelNotFoundError
+from runtime.cli_avatar import avatar_app, register_avatar_commands
+from runtime.cli_common import (
+    check_output,
+    err_console,
+    fail,
+    handle_errors,
+    out,
+    require_file,
+    state,
+    write_bench,
+)
+from runtime.config import masked_dump
+from runtime.errors import ConfigError, InputError
 
 app = typer.Typer(
     name="likeness",
@@ -40,57 +42,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 bench_app = typer.Typer(help="Benchmarks: print a table, write JSON.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
-
-out = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, soft_wrap=True)
-
-BAD_INPUT = (ConfigError, InputError, AudioInputError, ModelNotFoundError)
-KNOWN = (LikenessError, voice.VoiceError, avatar.AvatarError, consent.ConsentError)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-@dataclass
-class _State:
-    config_path: Path | None = None
-    overrides: dict[str, Any] | None = None
-    settings: Settings | None = None
-
-    def load(self) -> Settings:
-        if self.settings is None:
-            self.settings = load_config(self.config_path, **(self.overrides or {}))
-            ensure_data_dir(self.settings)
-            setup_logging(self.settings.log_level, self.settings.log_format, self.settings.log_dir)
-        return self.settings
-
-
-state = _State()
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print one line on stderr and return the Exit to raise."""
-    print(f"likeness: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
-    return typer.Exit(code)
-
-
-def handle_errors(func: F) -> F:
-    """Map the packages' errors to exit codes: 2 for bad input, 1 for failures."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except BAD_INPUT as err:
-            raise fail(str(err), 2) from None
-        except KNOWN as err:
-            raise fail(str(err), 1) from None
-        except OSError as err:  # full disk, permissions: say what and where, keep it short
-            where = f"{err.filename}: " if err.filename else ""
-            raise fail(f"{where}{err.strerror or err}", 1) from None
-        except KeyboardInterrupt:
-            raise fail("interrupted", 130) from None
-
-    return wrapper  # type: ignore[return-value]
+app.add_typer(avatar_app, name="avatar")
+register_avatar_commands(app, bench_app)
 
 
 @app.callback()
@@ -111,29 +64,6 @@ def _main(
     state.config_path = config
     state.overrides = overrides
     state.settings = None
-
-
-def _require_file(path: Path, what: str) -> Path:
-    if not path.is_file():
-        raise InputError(f"{path}: no such {what}")
-    return path
-
-
-def _check_output(path: Path) -> Path:
-    parent = path.expanduser().resolve().parent
-    if not parent.is_dir():
-        raise InputError(f"{path}: folder {parent} does not exist")
-    return path
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    """Print a rich table on stdout."""
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*[str(cell) for cell in row])
-    out.print(table)
 
 
 # ---------------------------------------------------------------- config / doctor
@@ -210,7 +140,7 @@ def transcribe(
 
     settings = state.load()
     transcripts = transcribe_file(
-        settings, _require_file(audio, "audio file"), model=model, language=language
+        settings, require_file(audio, "audio file"), model=model, language=language
     )
     if as_json:
         out.print_json(
@@ -241,7 +171,7 @@ def say(
     if not text.strip():
         raise InputError("nothing to say: TEXT is empty")
     settings = state.load()
-    result = asyncio.run(say_to_file(settings, text, _check_output(output), backend=backend))
+    result = asyncio.run(say_to_file(settings, text, check_output(output), backend=backend))
     err_console.print(
         f"wrote {result.path} ({result.duration:.2f} s, first audio after "
         f"{result.first_audio_s * 1000:.0f} ms)",
@@ -279,7 +209,7 @@ def listen(
 
     settings = state.load()
     report = asyncio.run(
-        listen_file(settings, _require_file(audio, "audio file"), _check_output(output), person)
+        listen_file(settings, require_file(audio, "audio file"), check_output(output), person)
     )
     if as_json:
         out.print_json(json.dumps(report.as_dict()))
@@ -302,16 +232,6 @@ def demo() -> None:
 
 
 # ---------------------------------------------------------------- benchmarks
-
-
-def write_bench(name: str, result: dict[str, Any], json_path: Path | None) -> None:
-    """Print a benchmark's figures as a table and write them as JSON if asked."""
-    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in result["metrics"].items()]
-    print_table(f"likeness bench {name}", ["metric", "value"], rows)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        err_console.print(f"wrote {json_path}", markup=False, highlight=False)
 
 
 @bench_app.command("voice")

@@ -122,6 +122,20 @@ class SafetyConfig(_Section):
     webhook_timeout_s: float = Field(5.0, gt=0, le=120)
 
 
+class AvatarConfig(_Section):
+    """Faces and the video generator."""
+
+    backend: Literal["procedural"] = "procedural"
+    size: int = Field(512, ge=128, le=2048, description="output frames are size x size")
+    fps: float = Field(25.0, ge=5, le=60)
+    sway: float = Field(1.0, ge=0, le=3, description="head sway amplitude; 0 = still")
+    landmarks: str = Field("dlib", description="landmark backend")
+    multiple_faces: Literal["largest", "refuse"] = "largest"
+    min_face_px: int = Field(80, ge=20, le=2000, description="smaller faces are refused")
+    max_abs_yaw_deg: float = Field(40.0, ge=5, le=90, description="more turned = profile")
+    max_side: int = Field(1600, ge=256, le=10_000, description="bigger photos are downscaled")
+
+
 class ServerConfig(_Section):
     """The HTTP/WebRTC server (later issues)."""
 
@@ -151,6 +165,7 @@ class Settings(BaseSettings):
     dialogue: DialogueConfig = DialogueConfig()
     persona: PersonaConfig = PersonaConfig()
     safety: SafetyConfig = SafetyConfig()
+    avatar: AvatarConfig = AvatarConfig()
     server: ServerConfig = ServerConfig()
 
     @field_validator("data_dir")
@@ -187,6 +202,10 @@ class Settings(BaseSettings):
     @property
     def memory_dir(self) -> Path:
         return self.data_dir / "memory"
+
+    @property
+    def avatars_dir(self) -> Path:
+        return self.data_dir / "avatars"
 
     @property
     def alerts_path(self) -> Path:

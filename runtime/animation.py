@@ -1,0 +1,149 @@
+"""Faces on the command line: prepare a photo, animate it from speech, benchmark.
+
+An avatar reference is one of: ``synthetic`` (the demo face drawn by code), the
+id of a prepared avatar in the store, or a photo file (prepared on the fly and
+stored). The consent gate for photos arrives with the consent milestone; until
+then these commands only work on files the operator already has.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from avatar.face import FaceAnalyzer, FaceOptions, read_image
+from avatar.face.prepare import prepare_photo
+from avatar.procedural.generator import ProceduralOptions, render_clip
+from avatar.synthetic import make_demo_avatar
+
+from avatar.export import write_landmarks, write_mp4
+from avatar.store import AvatarStore
+from avatar.types import PreparedAvatar
+from runtime import components
+from runtime.config import Settings
+from runtime.errors import InputError
+from voice.audio import read_audio
+from voice.types import Timing
+
+SYNTHETIC_REF = "synthetic"
+
+
+def face_options(settings: Settings) -> FaceOptions:
+    a = settings.avatar
+    return FaceOptions(
+        max_side=a.max_side,
+        min_face_px=a.min_face_px,
+        multiple=a.multiple_faces,
+        max_abs_yaw_deg=a.max_abs_yaw_deg,
+        landmarks=a.landmarks,
+    )
+
+
+def generator_options(settings: Settings) -> ProceduralOptions:
+    a = settings.avatar
+    return ProceduralOptions(fps=a.fps, size=a.size, sway=a.sway)
+
+
+def store(settings: Settings) -> AvatarStore:
+    return AvatarStore(settings.avatars_dir)
+
+
+def prepare_from_photo(settings: Settings, photo: Path) -> PreparedAvatar:
+    """Detect, align and store the face of ``photo``; returns the prepared avatar."""
+    analyzer = FaceAnalyzer.load(face_options(settings))
+    prepared = prepare_photo(read_image(photo), analyzer, size=settings.avatar.size)
+    store(settings).save(prepared)
+    return prepared
+
+
+def resolve_avatar(settings: Settings, ref: str) -> PreparedAvatar:
+    """``synthetic``, a stored avatar id, or a photo file (see module doc)."""
+    if ref == SYNTHETIC_REF:
+        return make_demo_avatar(size=settings.avatar.size)
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return prepare_from_photo(settings, path)
+    if ref in store(settings):
+        return store(settings).load(ref)
+    raise InputError(f"{ref}: not a photo file, a prepared avatar id, or '{SYNTHETIC_REF}'")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Speech:
+    """Mono float32 speech with its rate and (optional) phoneme timings from t=0."""
+
+    pcm: np.ndarray
+    sample_rate: int
+    timings: tuple[Timing, ...] = ()
+
+
+def speech_from_file(path: Path) -> Speech:
+    audio = read_audio(path, sample_rate=None)
+    return Speech(audio.pcm, audio.sample_rate)
+
+
+async def speech_from_text(settings: Settings, text: str) -> Speech:
+    """Speak ``text`` with the configured TTS, keeping its timings on one clock."""
+    tts = await components.load_tts(settings)
+    pieces: list[np.ndarray] = []
+    timings: list[Timing] = []
+    offset = 0.0
+    async for chunk in tts.synthesize(text):
+        pieces.append(chunk.pcm)
+        timings += [
+            Timing(t.symbol, t.kind, t.start + offset, t.end + offset) for t in chunk.timings
+        ]
+        offset += chunk.duration
+    if not pieces:
+        raise InputError("nothing to say: the text has no words")
+    return Speech(np.concatenate(pieces), tts.sample_rate, tuple(timings))
+
+
+@dataclass(frozen=True, slots=True)
+class ClipResult:
+    path: Path
+    frames: int
+    duration: float
+    render_s: float
+    landmarks: Path | None
+
+
+def animate_to_file(
+    settings: Settings,
+    avatar: PreparedAvatar,
+    speech: Speech,
+    output: Path,
+    landmarks: Path | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> ClipResult:
+    """Render the whole utterance and write an mp4 with the audio muxed in."""
+    options = generator_options(settings)
+    started = time.perf_counter()
+    frames = render_clip(
+        avatar, speech.pcm, speech.sample_rate, list(speech.timings) or None, options
+    )
+    render_s = time.perf_counter() - started
+    write_mp4(output, frames, options.fps, speech.pcm, speech.sample_rate, on_frame=on_frame)
+    if landmarks is not None:
+        write_landmarks(landmarks, frames, options.fps)
+    return ClipResult(output, len(frames), len(frames) / options.fps, render_s, landmarks)
+
+
+def pin_to_one_core() -> int:
+    """Restrict this process (and its thread pools) to one CPU core; returns the core."""
+    import cv2
+
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    cv2.setNumThreads(1)
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    return core

@@ -1,0 +1,166 @@
+"""``likeness avatar ...``, ``likeness animate`` and ``likeness bench avatar``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from runtime.cli_common import (
+    check_output,
+    err_console,
+    handle_errors,
+    out,
+    print_table,
+    require_file,
+    state,
+    write_bench,
+)
+from runtime.errors import InputError
+
+avatar_app = typer.Typer(help="Faces: prepare photos, make synthetic clips.", no_args_is_help=True)
+
+
+@avatar_app.command("prepare")
+@handle_errors
+def prepare(
+    photo: Annotated[Path, typer.Argument(help="a frontal photo of one face")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Detect, align and cache a face; prints its id, face box, pose and warnings."""
+    from runtime.animation import prepare_from_photo
+
+    prepared = prepare_from_photo(state.load(), require_file(photo, "photo"))
+    box, pose = prepared.source_box, prepared.pose
+    info = {
+        "id": prepared.id,
+        "face_box": [round(v, 1) for v in (box.x0, box.y0, box.x1, box.y1)] if box else None,
+        "pose": {k: round(getattr(pose, k), 1) for k in ("yaw", "pitch", "roll")} if pose else None,
+        "size": prepared.image.shape[0],
+        "warnings": list(prepared.warnings),
+    }
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    rows = [[k, json.dumps(v)] for k, v in info.items() if k != "warnings"]
+    print_table(f"avatar {prepared.id}", ["", "value"], rows)
+    for warning in prepared.warnings:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+
+
+def _animate(
+    face: str, audio: Path | None, say: str | None, output: Path, landmarks: Path | None
+) -> None:
+    from runtime.animation import (
+        animate_to_file,
+        resolve_avatar,
+        speech_from_file,
+        speech_from_text,
+    )
+
+    if (audio is None) == (say is None):
+        raise InputError("give either an audio file or --say TEXT")
+    settings = state.load()
+    check_output(output)
+    avatar = resolve_avatar(settings, face)
+    if audio is not None:
+        speech = speech_from_file(require_file(audio, "audio file"))
+    else:
+        speech = asyncio.run(speech_from_text(settings, say or ""))
+    total = int(len(speech.pcm) / speech.sample_rate * settings.avatar.fps) + 1
+    with _progress() as progress:
+        task = progress.add_task("encoding", total=total)
+        result = animate_to_file(
+            settings,
+            avatar,
+            speech,
+            output,
+            landmarks,
+            on_frame=lambda n: progress.update(task, completed=n),
+        )
+    kind = "synthetic" if avatar.synthetic else "photo"
+    err_console.print(
+        f"wrote {result.path}: {result.frames} frames, {result.duration:.2f} s "
+        f"({kind} avatar {avatar.id}, rendered at {result.frames / result.render_s:.0f} fps)",
+        markup=False,
+        highlight=False,
+    )
+    if result.landmarks is not None:
+        err_console.print(f"wrote {result.landmarks}", markup=False, highlight=False)
+
+
+FACE_HELP = "a photo file, a prepared avatar id, or 'synthetic' (the drawn demo face)"
+
+
+@avatar_app.command("synth")
+@handle_errors
+def synth(
+    face: Annotated[str, typer.Argument(help=FACE_HELP)],
+    audio: Annotated[Path | None, typer.Argument(help="speech (any rate)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="clip .mp4")] = Path("clip.mp4"),
+    say: Annotated[str | None, typer.Option(help="speak this text instead of a file")] = None,
+) -> None:
+    """A synthetic talking clip for tests and training: mp4 + per-frame landmarks (.npz)."""
+    _animate(face, audio, say, output, output.with_suffix(".landmarks.npz"))
+
+
+def animate(
+    face: Annotated[str, typer.Argument(help=FACE_HELP)],
+    audio: Annotated[Path | None, typer.Argument(help="speech (any rate)")] = None,
+    output: Annotated[Path, typer.Option("-o", "--output", help="video .mp4")] = Path("out.mp4"),
+    say: Annotated[str | None, typer.Option(help="speak this text instead of a file")] = None,
+    backend: Annotated[str, typer.Option(help="generator")] = "procedural",
+) -> None:
+    """Animate a face from speech into an mp4 with the audio muxed in."""
+    if backend != "procedural":
+        raise InputError(f"unknown avatar backend {backend!r}; available: procedural")
+    _animate(face, audio, say, output, None)
+
+
+def bench_avatar(
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    backend: Annotated[str, typer.Option(help="generator")] = "procedural",
+    seconds: Annotated[float, typer.Option(min=1, max=600, help="speech to render")] = 10.0,
+    face: Annotated[str, typer.Option(help=FACE_HELP)] = "synthetic",
+) -> None:
+    """One CPU core: fps, per-frame ms p50/p95, first frame after first audio, CPU use."""
+    from avatar.procedural.bench import bench_procedural
+
+    from runtime.animation import generator_options, pin_to_one_core, resolve_avatar
+    from runtime.bench import machine_info
+
+    if backend != "procedural":
+        raise InputError(f"unknown avatar backend {backend!r}; available: procedural")
+    settings = state.load()
+    avatar = resolve_avatar(settings, face)
+    core = pin_to_one_core()
+    options = generator_options(settings)
+    metrics = bench_procedural(avatar, seconds=seconds, options=options)
+    result = {
+        "bench": "avatar",
+        "machine": {**machine_info(), "pinned_core": core},
+        "config": {"backend": backend, "size": options.size, "fps": options.fps, "face": face},
+        "metrics": metrics,
+    }
+    write_bench("avatar", result, json_path)
+
+
+def register_avatar_commands(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add the top-level ``animate`` and ``bench avatar`` commands."""
+    app.command("animate")(handle_errors(animate))
+    bench_app.command("avatar")(handle_errors(bench_avatar))
