@@ -39,7 +39,7 @@ def face_options(settings: Settings) -> FaceOptions:
         min_face_px=a.min_face_px,
         multiple=a.multiple_faces,
         max_abs_yaw_deg=a.max_abs_yaw_deg,
-        landmarks=a.landmarks,
+        backend=a.landmarks,
     )
 
 

@@ -101,6 +101,24 @@ def _models(settings: Settings) -> list[Check]:
     ]
 
 
+def _faces(settings: Settings) -> list[Check]:
+    from avatar.face.registry import available_backends
+
+    checks = []
+    for name, status in available_backends().items():
+        ok = status.startswith("ready")
+        required = name == settings.avatar.landmarks
+        checks.append(
+            Check(
+                f"face: {name} landmarks",
+                "ok" if ok else ("fail" if required else "warn"),
+                status,
+                "" if ok else "pip install dlib-bin face-recognition-models",
+            )
+        )
+    return checks
+
+
 def _gpu() -> list[Check]:
     checks = []
     try:
@@ -196,6 +214,7 @@ def run_checks(settings: Settings) -> list[Check]:
         lambda: _module("llama_cpp", "llama-cpp-python", settings.dialogue.backend == "llamacpp"),
         lambda: _module("TTS", "coqui", settings.tts.backend == "coqui"),
         lambda: _models(settings),
+        lambda: _faces(settings),
         _gpu,
         lambda: _port(settings),
         lambda: _data_dir(settings),

@@ -309,8 +309,16 @@ async def chat_loop(
 DEMO_QUESTION = "Hello! My name is Sam. Could you tell me something nice about the sea?"
 
 
+def _animate_demo(settings: Settings, speech: Path, output: Path) -> Path:
+    from runtime.animation import SYNTHETIC_REF, animate_to_file, resolve_avatar, speech_from_file
+
+    face = resolve_avatar(settings, SYNTHETIC_REF)
+    return animate_to_file(settings, face, speech_from_file(speech), output).path
+
+
 async def run_demo(settings: Settings, interactive: bool) -> None:
-    """The embedded companion: speak a question with Piper, answer it offline, then chat."""
+    """The embedded companion: speak a question with Piper, answer it offline, show the
+    reply on the synthetic demo face (an mp4), then chat."""
     folder = settings.data_dir / "demo"
     folder.mkdir(parents=True, exist_ok=True)
     question = folder / "question.wav"
@@ -326,6 +334,8 @@ async def run_demo(settings: Settings, interactive: bool) -> None:
             f"{(turn.first_audio_s or 0) * 1000:.0f} ms"
         )
     print(f"spoken reply: {report.output}")
+    clip = await asyncio.to_thread(_animate_demo, settings, report.output, folder / "reply.mp4")
+    print(f"the synthetic demo face (drawn by code, not a person) speaking it: {clip}")
     if interactive:
         print("\nNow type to chat (/quit to leave); replies are also written as WAV files.")
         await chat_loop(settings, person="demo", audio_dir=folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from avatar.export import probe, write_landmarks, write_mp4
 from avatar.types import VideoFrame
@@ -44,10 +45,8 @@ def test_failed_write_leaves_no_file(tmp_path):
         raise RuntimeError("generator died")
 
     target = tmp_path / "c.mp4"
-    try:
+    with pytest.raises(RuntimeError, match="generator died"):
         write_mp4(target, broken(), 25)
-    except RuntimeError:
-        pass
     assert not target.exists() and not list(tmp_path.glob(".c.*"))
 
 

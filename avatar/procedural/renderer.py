@@ -1,0 +1,140 @@
+"""One frame of the procedural face: rig, mesh warp, mouth interior, head motion.
+
+:class:`FrameRenderer` holds everything precomputed for one avatar at the output
+size and turns (time, mouth shape, speaking) into a finished frame and its 68
+landmarks. It carries the motion state (blinks, sway), so frames must be
+rendered in time order, one at a time; the streaming generator and the offline
+``render_clip`` both drive it the same way.
+
+Per frame the work is: landmark displacements from the rig; if anything in the
+face moves, one remap of the face region (``FaceMesh.warp``) and the mouth
+interior in a small box; then, if the head moves, one ``cv2.warpAffine`` of the
+whole frame. With the head still, pixels outside the face region are copied as
+they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from avatar.procedural.motion import MotionModel
+from avatar.procedural.mouth import MouthPainter
+from avatar.procedural.rig import JAW_DROP, FaceRig
+from avatar.procedural.warp import FaceMesh
+from avatar.types import PreparedAvatar
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedFrame:
+    """What :meth:`FrameRenderer.render` returns.
+
+    Attributes:
+        image: uint8 RGB (size, size, 3), a new array.
+        landmarks: the frame's 68 landmarks, float32 (68, 2).
+        mouth_open: the jaw opening shown, 0..1.
+    """
+
+    image: np.ndarray
+    landmarks: np.ndarray
+    mouth_open: float
+
+
+def fit_avatar(avatar: PreparedAvatar, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The avatar's image resized to ``size`` square and its landmarks scaled alike."""
+    image = np.ascontiguousarray(avatar.image[..., :3], dtype=np.uint8)
+    h, w = image.shape[:2]
+    landmarks = np.asarray(avatar.landmarks, np.float32).copy()
+    if (h, w) != (size, size):
+        interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_CUBIC
+        image = cv2.resize(image, (size, size), interpolation=interp)
+        landmarks *= np.array([size / w, size / h], np.float32)
+    return image, landmarks
+
+
+class FrameRenderer:
+    """Renders frames of one avatar; build with :meth:`create`.
+
+    Attributes:
+        size: output side in pixels.
+        rest_image: the avatar at the output size (never modified).
+        rest_landmarks: its 68 landmarks.
+    """
+
+    def __init__(
+        self,
+        rest_image: np.ndarray,
+        rest_landmarks: np.ndarray,
+        mesh: FaceMesh,
+        rig: FaceRig,
+        painter: MouthPainter,
+        motion: MotionModel,
+        articulation: float = 1.0,
+    ) -> None:
+        self.rest_image = rest_image
+        self.rest_landmarks = rest_landmarks
+        self.size = rest_image.shape[0]
+        self.mesh = mesh
+        self.rig = rig
+        self.painter = painter
+        self.motion = motion
+        self.articulation = articulation
+        self._zero = np.zeros(5, np.float32)
+
+    @classmethod
+    def create(
+        cls,
+        avatar: PreparedAvatar,
+        size: int,
+        fps: float,
+        seed: int = 0,
+        sway: float = 1.0,
+        blink: bool = True,
+        breathing: float = 1.0,
+        articulation: float = 1.0,
+    ) -> FrameRenderer:
+        """Precompute the mesh, rig, mouth colours and motion for ``avatar`` at ``size``."""
+        image, landmarks = fit_avatar(avatar, size)
+        image.setflags(write=False)
+        rig = FaceRig.from_landmarks(landmarks)
+        mesh = FaceMesh.build(landmarks, (size, size))
+        painter = MouthPainter.for_face(image, landmarks, rig.iod)
+        pivot = (float(landmarks[8, 0]), float(landmarks[8, 1] + 0.6 * rig.iod))
+        motion = MotionModel(seed, fps, size, pivot, sway, blink, breathing)
+        return cls(image, landmarks, mesh, rig, painter, motion, articulation)
+
+    def render(
+        self, t: float, mouth: np.ndarray | None, speaking: bool, energy: float = 0.0
+    ) -> RenderedFrame:
+        """The frame at time ``t`` (seconds, increasing from call to call).
+
+        Args:
+            t: the frame's time on the generator's clock.
+            mouth: (open, wide, round, press, teeth), 0..1 each; None for a closed mouth.
+            speaking: whether this frame shows speech (livelier head motion).
+            energy: loudness 0..1 of the speech at this frame (drives small nods).
+        """
+        shape = self._zero if mouth is None else np.clip(mouth[:5] * self.articulation, 0, 1)
+        pose = self.motion.step(t, speaking, energy)
+        delta = self.rig.displace(shape, pose.blink, pose.brow)
+        landmarks = self.rest_landmarks + delta
+        moving = bool(np.any(np.abs(delta) > 0.05))
+        if moving:
+            image = self.rest_image.copy()
+            self.mesh.warp(self.rest_image, image, delta)
+            self.painter.paint(image, landmarks, float(shape[4]))
+        else:
+            image = self.rest_image.copy()
+        if not pose.still:
+            image = cv2.warpAffine(
+                image,
+                pose.matrix,
+                (self.size, self.size),
+                flags=cv2.INTER_LINEAR,
+                borderMode=cv2.BORDER_REFLECT_101,
+            )
+            landmarks = landmarks @ pose.matrix[:, :2].T + pose.matrix[:, 2]
+        opening = self.rig.mouth_gap(self.rest_landmarks + delta) / (JAW_DROP + 0.03)
+        return RenderedFrame(image, landmarks.astype(np.float32), float(min(opening, 1.0)))
