@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatar.procedural.geometry import curve
+from avatar.procedural.geometry import curve, to_fixed
 from avatar.types import PreparedAvatar
 
 VERSION = "synthetic-demo-v1"
@@ -219,8 +219,7 @@ def face_landmarks(style: FaceStyle) -> np.ndarray:
 def poly_mask(shape: tuple[int, int], polygons, blur: float = 0.0) -> np.ndarray:
     """An anti-aliased float mask (0..1) of filled polygons, optionally softened."""
     mask = np.zeros(shape, np.uint8)
-    pts = [np.round(np.asarray(p) * 16).astype(np.int32) for p in polygons]
-    cv2.fillPoly(mask, pts, 255, cv2.LINE_AA, 4)
+    cv2.fillPoly(mask, [to_fixed(p) for p in polygons], 255, cv2.LINE_AA, 4)
     out = mask.astype(np.float32) / 255.0
     if blur > 0:
         out = cv2.GaussianBlur(out, (0, 0), blur)
@@ -229,8 +228,7 @@ def poly_mask(shape: tuple[int, int], polygons, blur: float = 0.0) -> np.ndarray
 
 def _line_mask(shape, points, thickness: float, blur: float = 0.0) -> np.ndarray:
     mask = np.zeros(shape, np.uint8)
-    pts = np.round(np.asarray(points) * 16).astype(np.int32)
-    cv2.polylines(mask, [pts], False, 255, max(1, round(thickness)), cv2.LINE_AA, 4)
+    cv2.polylines(mask, [to_fixed(points)], False, 255, max(1, round(thickness)), cv2.LINE_AA, 4)
     out = mask.astype(np.float32) / 255.0
     return cv2.GaussianBlur(out, (0, 0), blur) if blur > 0 else out
 
@@ -283,23 +281,15 @@ def draw_face(style: FaceStyle, lm: np.ndarray, size: int) -> np.ndarray:
     head_poly = np.concatenate([curve(lm[:17], samples=6), cranium[1:-1]])
     head = poly_mask(shape, [head_poly], 1.0 * px)
 
-    # Hair behind the head.
-    hair_out = np.array([cranium_c[0], cranium_c[1]]), cranium_r * np.array([1.16, 1.1])
+    # Hair behind the head: a wider dome down to the jaw (bob) or the shoulders (long).
     if s.hair_style in ("bob", "long"):
+        back_r = cranium_r * np.array([1.16, 1.1])
         bottom = chin[1] + (0.02 if s.hair_style == "bob" else 0.2) * size
-        back = np.concatenate(
-            [
-                [[cx - hair_out[1][0] * 1.02, bottom]],
-                np.stack(
-                    [
-                        hair_out[0][0] - hair_out[1][0] * np.cos(arc),
-                        hair_out[0][1] - hair_out[1][1] * np.sin(arc),
-                    ],
-                    1,
-                ),
-                [[cx + hair_out[1][0] * 1.02, bottom]],
-            ]
+        dome = np.stack(
+            [cranium_c[0] - back_r[0] * np.cos(arc), cranium_c[1] - back_r[1] * np.sin(arc)], 1
         )
+        sides = ([cx - back_r[0] * 1.02, bottom], [cx + back_r[0] * 1.02, bottom])
+        back = np.concatenate([[sides[0]], dome, [sides[1]]])
         back_mask = poly_mask(shape, [curve(back, samples=4)], 2.0 * px)
         _paint(canvas, back_mask, hair * (0.72 + 0.15 * (1 - yy))[..., None])
 
@@ -333,7 +323,18 @@ def draw_face(style: FaceStyle, lm: np.ndarray, size: int) -> np.ndarray:
     shirt_mask = cv2.GaussianBlur(shoulders.astype(np.float32) / 255, (0, 0), 1.5 * px)
     neckline = np.zeros(shape, np.uint8)
     axes = (round(neck_w * 1.2 * 16), round(size * 0.05 * 16))
-    cv2.ellipse(neckline, (round(cx * 16), round(size * 0.84 * 16)), axes, 0, 0, 360, 255, -1, cv2.LINE_AA, 4)
+    cv2.ellipse(
+        neckline,
+        (round(cx * 16), round(size * 0.84 * 16)),
+        axes,
+        0,
+        0,
+        360,
+        255,
+        -1,
+        cv2.LINE_AA,
+        4,
+    )
     collar = cv2.GaussianBlur(neckline.astype(np.float32) / 255, (0, 0), 1.0 * px)
     shirt_mask *= 1.0 - collar
     rim = np.clip(cv2.GaussianBlur(collar, (0, 0), 3 * px) - collar, 0, 1) * shirt_mask
@@ -365,9 +366,15 @@ def draw_face(style: FaceStyle, lm: np.ndarray, size: int) -> np.ndarray:
     blush = np.array([1.02, 0.9, 0.88])
     for side, (eye0, eye1) in ((-1, (36, 41)), (1, (42, 47))):
         ec = lm[eye0 : eye1 + 1].mean(0)
-        _shade(canvas, soft((ec[0] + side * 0.01 * size, lm[30, 1] + 0.005 * size), (0.05, 0.035)) * 0.5, blush)
+        _shade(
+            canvas,
+            soft((ec[0] + side * 0.01 * size, lm[30, 1] + 0.005 * size), (0.05, 0.035)) * 0.5,
+            blush,
+        )
         _shade(canvas, soft((ec[0], ec[1] - 0.012 * size), (0.05, 0.03)) * 0.25, 0.82)
-    nose_side = np.array([[lm[27, 0] + 0.012 * size, lm[28, 1]], [lm[35, 0] + 0.004 * size, lm[35, 1] - 0.01 * size]])
+    nose_side = np.array(
+        [[lm[27, 0] + 0.012 * size, lm[28, 1]], [lm[35, 0] + 0.004 * size, lm[35, 1] - 0.01 * size]]
+    )
     side_mask = _line_mask(shape, nose_side, 6 * px, 6 * px) * head
     _shade(canvas, side_mask * 0.35, 0.78)
     ridge = _line_mask(shape, lm[27:31] + [-0.004 * size, 0], 3 * px, 3 * px)
@@ -481,7 +488,9 @@ def _draw_brows(canvas, hair, lm, shape, px) -> None:
         n = len(path)
         thick = (2.0 + 5.0 * np.linspace(0, 1, n) ** 0.7) * px
         d = np.gradient(path, axis=0)
-        normal = np.stack([-d[:, 1], d[:, 0]], 1) / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-6)
+        normal = np.stack([-d[:, 1], d[:, 0]], 1) / np.maximum(
+            np.linalg.norm(d, axis=1, keepdims=True), 1e-6
+        )
         upper = path + normal * thick[:, None] * 0.5
         lower = path - normal * thick[:, None] * 0.5
         mask = poly_mask(shape, [np.concatenate([upper, lower[::-1]])], 1.1 * px)
@@ -499,19 +508,25 @@ def _draw_eyes(canvas, s, lm, shape, px, size) -> None:
         center = e.mean(0)
         sclera = poly_mask(shape, [outline], 0.6 * px)
         yy = np.arange(shape[0], dtype=np.float32)[:, None]
-        lid_shadow = np.clip((yy - e[1:3, 1].mean()) / (0.35 * width), 0, 1) * np.ones((1, shape[1]), np.float32)
+        lid_shadow = np.clip((yy - e[1:3, 1].mean()) / (0.35 * width), 0, 1) * np.ones(
+            (1, shape[1]), np.float32
+        )
         white = np.array([0.93, 0.91, 0.88], np.float32)
         _paint(canvas, sclera, white * (0.78 + 0.2 * lid_shadow)[..., None])
         r = 0.23 * width
         ic = center + [0.0, -0.05 * width]
         iris = np.zeros(shape, np.float32)
-        cv2.circle(iris, (round(ic[0] * 16), round(ic[1] * 16)), round(r * 16), 1.0, -1, cv2.LINE_AA, 4)
+        cv2.circle(
+            iris, (round(ic[0] * 16), round(ic[1] * 16)), round(r * 16), 1.0, -1, cv2.LINE_AA, 4
+        )
         iris = cv2.GaussianBlur(iris, (0, 0), 0.5 * px) * sclera
         ring = np.clip(_blob(shape, ic, (r, r)) * 1.6, 0, 1)
         _paint(canvas, iris, iris_color * (0.55 + 0.6 * ring)[..., None])
         pupil = np.clip(_blob(shape, ic, (r * 0.42, r * 0.42)) * 3 - 1.2, 0, 1) * sclera
         _paint(canvas, pupil, (0.05, 0.04, 0.04))
-        glint = np.clip(_blob(shape, ic + [-0.35 * r, -0.4 * r], (r * 0.18, r * 0.18)) * 2.5 - 0.8, 0, 1)
+        glint = np.clip(
+            _blob(shape, ic + [-0.35 * r, -0.4 * r], (r * 0.18, r * 0.18)) * 2.5 - 0.8, 0, 1
+        )
         _paint(canvas, glint * sclera, (1.0, 1.0, 1.0))
         # Upper lid: skin shadow (crease) above, lashes along the lid, a faint lower lid.
         crease = upper + [0.0, -0.3 * width * 0.45]
@@ -542,8 +557,14 @@ def _draw_lips(canvas, skin, lm, shape, px) -> None:
     lower_bottom = lm[57, 1]
     yy = np.arange(shape[0], dtype=np.float32)[:, None] * np.ones((1, shape[1]), np.float32)
     t = np.clip((yy - lower_top) / max(lower_bottom - lower_top, 1.0), 0, 1)
-    _paint(canvas, lo_mask, lip[None, None, :] * (0.95 + 0.18 * np.sin(np.pi * t) - 0.12 * t)[..., None])
+    _paint(
+        canvas,
+        lo_mask,
+        lip[None, None, :] * (0.95 + 0.18 * np.sin(np.pi * t) - 0.12 * t)[..., None],
+    )
     mid = curve(lm[[60, 61, 62, 63, 64]].astype(np.float64), samples=8)
     _paint(canvas, _line_mask(shape, mid, 1.3 * px, 0.7 * px) * 0.6, lip * 0.4)
-    corners = _line_mask(shape, mid[:3], 2.5 * px, 1.0 * px) + _line_mask(shape, mid[-3:], 2.5 * px, 1.0 * px)
+    corners = _line_mask(shape, mid[:3], 2.5 * px, 1.0 * px) + _line_mask(
+        shape, mid[-3:], 2.5 * px, 1.0 * px
+    )
     _shade(canvas, np.clip(corners, 0, 1) * 0.5, 0.7)

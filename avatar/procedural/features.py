@@ -60,11 +60,6 @@ class AudioMouth:
         """Seconds of audio analysed so far (whole hops)."""
         return (self._first_hop + len(self._stats)) * self.hop_s
 
-    @property
-    def needs(self) -> float:
-        """Seconds of audio past a frame's time that the frame depends on."""
-        return self.lead + self.window / 2
-
     def push(self, pcm: np.ndarray) -> None:
         """Analyse more audio (mono float32 at :attr:`sample_rate`)."""
         data = np.concatenate([self._pending, np.asarray(pcm, np.float32).reshape(-1)])
@@ -110,9 +105,9 @@ class AudioMouth:
         db = 10.0 * math.log10(power + 1e-10)
         # A running peak, falling 6 dB a second, never below -40 dBFS.
         self._ref_db = max(db, self._ref_db - 6.0 * dt, -40.0)
-        level = (db - (self._ref_db - 30.0)) / 24.0
+        level = (db - (self._ref_db - 24.0)) / 24.0
         activity = min(max((db - (self._ref_db - 32.0)) / 12.0, 0.0), 1.0)
-        opening = min(max(level, 0.0), 1.0) ** 1.2 if db > -62.0 else 0.0
+        opening = min(max(level, 0.0), 1.0) ** 1.5 if db > -62.0 else 0.0
         hiss = min(max((high - 0.25) / 0.4, 0.0), 1.0)
         opening *= 1.0 - 0.55 * hiss  # fricatives: teeth nearly together
         voiced = activity * (1.0 - hiss)

@@ -7,10 +7,10 @@ rendered in time order, one at a time; the streaming generator and the offline
 ``render_clip`` both drive it the same way.
 
 Per frame the work is: landmark displacements from the rig; if anything in the
-face moves, one remap of the face region (``FaceMesh.warp``) and the mouth
-interior in a small box; then, if the head moves, one ``cv2.warpAffine`` of the
-whole frame. With the head still, pixels outside the face region are copied as
-they are.
+face moves, one remap of the part of the face region that moves
+(``FaceMesh.warp``), the mouth interior in a small box and, during a blink, the
+shut eyelids; then, if the head moves, one ``cv2.warpAffine`` of the whole
+frame. With the head still, pixels outside the face region are copied as they are.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar.procedural.eyes import LidPainter
 from avatar.procedural.motion import MotionModel
 from avatar.procedural.mouth import MouthPainter
 from avatar.procedural.rig import JAW_DROP, FaceRig
@@ -70,6 +71,7 @@ class FrameRenderer:
         mesh: FaceMesh,
         rig: FaceRig,
         painter: MouthPainter,
+        lids: LidPainter,
         motion: MotionModel,
         articulation: float = 1.0,
     ) -> None:
@@ -79,6 +81,7 @@ class FrameRenderer:
         self.mesh = mesh
         self.rig = rig
         self.painter = painter
+        self.lids = lids
         self.motion = motion
         self.articulation = articulation
         self._zero = np.zeros(5, np.float32)
@@ -101,9 +104,10 @@ class FrameRenderer:
         rig = FaceRig.from_landmarks(landmarks)
         mesh = FaceMesh.build(landmarks, (size, size))
         painter = MouthPainter.for_face(image, landmarks, rig.iod)
+        lids = LidPainter.for_face(image, landmarks, rig.iod)
         pivot = (float(landmarks[8, 0]), float(landmarks[8, 1] + 0.6 * rig.iod))
         motion = MotionModel(seed, fps, size, pivot, sway, blink, breathing)
-        return cls(image, landmarks, mesh, rig, painter, motion, articulation)
+        return cls(image, landmarks, mesh, rig, painter, lids, motion, articulation)
 
     def render(
         self, t: float, mouth: np.ndarray | None, speaking: bool, energy: float = 0.0
@@ -116,17 +120,17 @@ class FrameRenderer:
             speaking: whether this frame shows speech (livelier head motion).
             energy: loudness 0..1 of the speech at this frame (drives small nods).
         """
-        shape = self._zero if mouth is None else np.clip(mouth[:5] * self.articulation, 0, 1)
+        shape = self._zero.copy() if mouth is None else np.clip(mouth[:5], 0.0, 1.0)
+        shape[:3] *= self.articulation  # closures (p, b, m, f, v) stay complete
         pose = self.motion.step(t, speaking, energy)
         delta = self.rig.displace(shape, pose.blink, pose.brow)
         landmarks = self.rest_landmarks + delta
         moving = bool(np.any(np.abs(delta) > 0.05))
+        image = self.rest_image.copy()
         if moving:
-            image = self.rest_image.copy()
             self.mesh.warp(self.rest_image, image, delta)
             self.painter.paint(image, landmarks, float(shape[4]))
-        else:
-            image = self.rest_image.copy()
+            self.lids.paint(image, landmarks, pose.blink)
         if not pose.still:
             image = cv2.warpAffine(
                 image,

@@ -99,7 +99,10 @@ class FaceRig:
         d[UPPER_INNER, 1] -= 0.045 * iod * teeth
         d[[50, 51, 52], 1] -= 0.02 * iod * teeth
         # Blinks.
-        for closure, upper, lower in ((blink[0], (37, 38), (41, 40)), (blink[1], (43, 44), (47, 46))):
+        for closure, upper, lower in (
+            (blink[0], (37, 38), (41, 40)),
+            (blink[1], (43, 44), (47, 46)),
+        ):
             if closure <= 0:
                 continue
             up, lo = list(upper), list(lower)
@@ -108,7 +111,7 @@ class FaceRig:
             target = self.rest[lo] + d[lo]
             d[up] += (target - self.rest[up]) * closure
             d[[17, 18, 19, 20, 21] if upper[0] == 37 else [22, 23, 24, 25, 26], 1] += (
-                0.025 * iod * closure
+                0.012 * iod * closure
             )
         if brow:
             d[17:27, 1] -= 0.05 * iod * brow

@@ -75,9 +75,7 @@ class SpeechSegment:
         """Number of frames once flushed (None before)."""
         return frame_count(self.duration, self.fps) if self.flushed else None
 
-    def add(
-        self, pcm: np.ndarray, sample_rate: int, timings: Sequence[TimingLike] | None
-    ) -> None:
+    def add(self, pcm: np.ndarray, sample_rate: int, timings: Sequence[TimingLike] | None) -> None:
         """Queue a chunk; its ``timings`` are relative to the chunk's start."""
         pcm = np.asarray(pcm, np.float32).reshape(-1)
         if self.sample_rate is None:
@@ -123,8 +121,8 @@ class SpeechSegment:
         t = k / self.fps
         open_, wide, round_, activity = self._audio.frame(t)
         if len(self._visemes) and t <= self._visemes.end + 0.2:
-            shape = self._visemes.values_at(t + 0.01)
-            # The timings give the shape; the sound says how loud (and when it stops).
-            shape[0] *= 0.45 + 0.55 * activity
+            shape = self._visemes.values_at(t)
+            # The timings give the shape; the loudness scales how far the jaw drops.
+            shape[0] *= 0.35 + 0.65 * max(float(open_), 0.0) ** 0.7
             return shape, float(activity)
         return np.array([open_, wide, round_, 0.0, 0.0], np.float32), float(activity)

@@ -215,8 +215,10 @@ class VisemeTrack:
     has any; otherwise its word timings are spread over guessed sounds.
     """
 
-    # How far (s) a sound's pull reaches outside its interval, and a closure's.
-    spread: float = 0.05
+    # How far (s) a sound's pull reaches before it (the lips anticipate) and after
+    # it (they let go sooner), and how far a closure's reaches.
+    anticipation: float = 0.06
+    carryover: float = 0.025
     closure_spread: float = 0.018
 
     def __init__(self) -> None:
@@ -270,7 +272,7 @@ class VisemeTrack:
 
     def values_at(self, t: float) -> np.ndarray:
         """:meth:`shape_at` as an array (open, wide, round, press, teeth)."""
-        reach = 4 * self.spread
+        reach = 4 * self.anticipation
         hi = int(np.searchsorted(self._starts, t + reach))
         total = np.zeros(5, np.float64)
         weight_sum = 0.0
@@ -279,9 +281,11 @@ class VisemeTrack:
         for key in self._keys[max(0, hi - 12) : hi]:
             if key.end < t - reach:
                 continue
-            distance = max(key.start - t, t - key.end, 0.0)
+            ahead, behind = key.start - t, t - key.end
+            distance = max(ahead, behind, 0.0)
             inside_any = inside_any or distance == 0.0
-            w = key.dominance * math.exp(-((distance / self.spread) ** 2))
+            spread = self.anticipation if ahead > 0 else self.carryover
+            w = key.dominance * math.exp(-((distance / spread) ** 2))
             total += w * key.shape
             weight_sum += w
             c = math.exp(-((distance / self.closure_spread) ** 2))

@@ -80,15 +80,29 @@ def _helper_matrix() -> np.ndarray:
     return np.array(rows, np.float32)
 
 
-HELPERS = _helper_matrix()
+# Upper-lid creases: (lid point, brow point) pairs. A crease helper sits between
+# the two but moves almost only with the brow, so a closing lid stretches the skin
+# between lid and crease and leaves the brow as it is.
+CREASES = ((36, 18), (37, 19), (38, 20), (39, 21), (42, 22), (43, 23), (44, 24), (45, 25))
+
+
+def _crease_matrices() -> tuple[np.ndarray, np.ndarray]:
+    place, move = np.zeros((len(CREASES), 68)), np.zeros((len(CREASES), 68))
+    for row, (lid, brow) in enumerate(CREASES):
+        place[row, lid], place[row, brow] = 0.55, 0.45
+        move[row, lid], move[row, brow] = 0.1, 0.9
+    return place.astype(np.float32), move.astype(np.float32)
+
+
+_CREASE_PLACE, _CREASE_MOVE = _crease_matrices()
+HELPERS = np.concatenate([_helper_matrix(), _CREASE_PLACE])  # rest positions
+HELPER_MOTION = np.concatenate([_helper_matrix(), _CREASE_MOVE])  # displacements
 N_LANDMARK_VERTICES = 68 + len(HELPERS)
 
 
 def eye_distance(landmarks: np.ndarray) -> float:
     """Distance between the eye centres: the face's unit of length."""
-    return float(
-        np.linalg.norm(landmarks[LEFT_EYE].mean(0) - landmarks[RIGHT_EYE].mean(0))
-    )
+    return float(np.linalg.norm(landmarks[LEFT_EYE].mean(0) - landmarks[RIGHT_EYE].mean(0)))
 
 
 def face_region(landmarks: np.ndarray, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -113,11 +127,15 @@ def face_region(landmarks: np.ndarray, size: tuple[int, int]) -> tuple[int, int,
     )
 
 
-def with_helpers(landmarks: np.ndarray) -> np.ndarray:
-    """The 68 landmarks (or displacements) followed by the helper vertices."""
+def with_helpers(landmarks: np.ndarray, motion: bool = False) -> np.ndarray:
+    """The 68 landmarks followed by the helper vertices.
+
+    With ``motion=True``, ``landmarks`` are displacements and the result is the
+    helpers' displacements (creases follow the brow more than their position does).
+    """
     out = np.empty((N_LANDMARK_VERTICES, 2), np.float32)
     out[:68] = landmarks
-    out[68:] = HELPERS @ np.asarray(landmarks, np.float32)
+    out[68:] = (HELPER_MOTION if motion else HELPERS) @ np.asarray(landmarks, np.float32)
     return out
 
 
@@ -178,10 +196,12 @@ class FaceMesh:
     def vertex_displacements(self, landmark_delta: np.ndarray) -> np.ndarray:
         """All vertices' displacements from the 68 landmarks' (anchors stay put)."""
         out = np.zeros((len(self.vertices), 2), np.float32)
-        out[:N_LANDMARK_VERTICES] = with_helpers(landmark_delta)
+        out[:N_LANDMARK_VERTICES] = with_helpers(landmark_delta, motion=True)
         return out
 
-    def source_map(self, landmark_delta: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    def source_map(
+        self, landmark_delta: np.ndarray
+    ) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Where each output pixel reads the rest image, over the box that changes.
 
         Returns:

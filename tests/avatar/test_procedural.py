@@ -1,0 +1,501 @@
+"""The procedural generator on real speech (espeak-ng, made at test time) and the synthetic face.
+
+What is checked: the AvatarGenerator contract (chunk-by-chunk frames, flush,
+clear_buffer, idle frames, the pts clock), that the mouth follows the speech
+(correlation with the audio envelope, closed in silence, visemes for p/a/u/i/f),
+that only the face region changes when the head is still (and that head motion is
+one global transform), blinks, render_clip's frame count, the benchmark, and a
+contact sheet PNG to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import soundfile as sf
+
+from avatar.base import AvatarGenerator
+from avatar.procedural import (
+    ProceduralGenerator,
+    ProceduralOptions,
+    frame_count,
+    frame_times,
+    render_clip,
+)
+from avatar.procedural.bench import bench_procedural, speech_like_audio
+from avatar.procedural.renderer import fit_avatar
+from avatar.procedural.visemes import VisemeTrack, phoneme_shapes, word_sounds
+from avatar.procedural.warp import OUTLINES, FaceMesh, face_region
+from avatar.synthetic import make_demo_avatar
+from avatar.types import EndOfSegment, VideoFrame
+from tests.conftest import espeak_wav
+
+REPO = Path(__file__).resolve().parents[2]
+# Read at import: the suite's autouse fixture clears LIKENESS_* variables per test.
+ARTIFACTS = Path(os.environ.get("LIKENESS_TEST_ARTIFACTS", REPO / "test-artifacts"))
+FPS = 25.0
+VARIANT = 3  # a second synthetic face: other skin, hair, proportions
+
+
+@dataclass(frozen=True)
+class Speech:
+    pcm: np.ndarray
+    sample_rate: int
+    timings: tuple = ()
+    gap: tuple[float, float] = (0.0, 0.0)  # where a pause is, if any (s)
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / self.sample_rate
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    return make_demo_avatar(512, seed=0)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Speech:
+    """About 3 s of espeak-ng speech, as the espeak-ng program writes it."""
+    path = espeak_wav(
+        "I would like to hear a story about the sea, please.",
+        tmp_path_factory.mktemp("speech") / "story.wav",
+    )
+    pcm, rate = sf.read(path, dtype="float32")
+    return Speech(pcm, rate)
+
+
+@pytest.fixture(scope="module")
+def speech_with_pause() -> Speech:
+    """Two espeak sentences with 600 ms of silence between, and their phoneme timings."""
+    from voice.tts.espeak import EspeakTTS
+
+    async def sentences():
+        return [
+            c
+            async for c in EspeakTTS.load().synthesize("Hello there, my friend. Look at the moon.")
+        ]
+
+    chunks = asyncio.run(sentences())
+    assert len(chunks) == 2
+    rate = chunks[0].sample_rate
+    gap = np.zeros(int(0.6 * rate), np.float32)
+    offset = (len(chunks[0].pcm) + len(gap)) / rate
+    timings = list(chunks[0].timings)
+    for t in chunks[1].timings:
+        timings.append(type(t)(t.symbol, t.kind, t.start + offset, t.end + offset))
+    pcm = np.concatenate([chunks[0].pcm, gap, chunks[1].pcm])
+    return Speech(pcm, rate, tuple(timings), (len(chunks[0].pcm) / rate, offset))
+
+
+def opening(landmarks: np.ndarray) -> float:
+    """Inner-lip gap over the eye distance, from a frame's own landmarks."""
+    gap = landmarks[[67, 66, 65], 1] - landmarks[[61, 62, 63], 1]
+    return float(max(gap.mean(), 0.0) / eye_distance(landmarks))
+
+
+def eye_distance(landmarks: np.ndarray) -> float:
+    return float(np.linalg.norm(landmarks[42:48].mean(0) - landmarks[36:42].mean(0)))
+
+
+def eye_openness(landmarks: np.ndarray) -> float:
+    lids = landmarks[[41, 40, 47, 46], 1] - landmarks[[37, 38, 43, 44], 1]
+    return float(lids.mean() / eye_distance(landmarks))
+
+
+def rms_envelope(speech: Speech, n_frames: int, fps: float = FPS) -> np.ndarray:
+    """RMS of the audio in each frame's interval [i/fps, (i+1)/fps)."""
+    out = np.zeros(n_frames)
+    for i in range(n_frames):
+        a = int(i / fps * speech.sample_rate)
+        b = int((i + 1) / fps * speech.sample_rate)
+        seg = speech.pcm[a:b]
+        out[i] = np.sqrt(np.mean(seg * seg)) if len(seg) else 0.0
+    return out
+
+
+async def stream(gen: ProceduralGenerator, speech: Speech, chunk_s: float = 0.04) -> list:
+    """Push ``speech`` in chunks (each with its own timings, relative to it), then flush;
+    returns the items up to the EndOfSegment."""
+    step = int(chunk_s * speech.sample_rate)
+    rate = speech.sample_rate
+    for start in range(0, len(speech.pcm), step):
+        a, b = start / rate, (start + step) / rate
+        timings = [
+            type(t)(t.symbol, t.kind, t.start - a, t.end - a)
+            for t in speech.timings
+            if a <= t.start < b
+        ]
+        await gen.push_audio(speech.pcm[start : start + step], rate, timings or None)
+    await gen.flush()
+    items: list = []
+    frames = aiter(gen)
+    while not items or not isinstance(items[-1], EndOfSegment):
+        items.append(await anext(frames))
+    return items
+
+
+# --------------------------------------------------------------------- contract
+
+
+async def test_satisfies_the_generator_protocol(avatar):
+    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
+    assert isinstance(gen, AvatarGenerator)
+    assert gen.name == "procedural" and gen.fps == 25.0 and gen.size == 256
+    frame = await anext(aiter(gen))
+    assert isinstance(frame, VideoFrame) and not frame.speaking and frame.segment == -1
+    assert frame.image.shape == (256, 256, 3) and frame.image.dtype == np.uint8
+    assert frame.landmarks.shape == (68, 2)
+    await gen.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(aiter(gen))
+
+
+def test_options_fail_fast_with_the_field_name():
+    with pytest.raises(ValueError, match="ProceduralOptions.fps"):
+        ProceduralOptions(fps=0)
+    with pytest.raises(ValueError, match="ProceduralOptions.sway"):
+        ProceduralOptions(sway=-1)
+
+
+async def test_frames_come_chunk_by_chunk(avatar, speech):
+    gen = ProceduralGenerator.load(avatar)
+    frames = aiter(gen)
+    first = int(0.2 * speech.sample_rate)
+    await gen.push_audio(speech.pcm[:first], speech.sample_rate)
+    early = [await asyncio.wait_for(anext(frames), 1.0)]
+    assert isinstance(early[0], VideoFrame) and early[0].speaking and early[0].pts == 0.0
+    # Everything the first 200 ms cover comes now; the next frame waits for audio.
+    while True:
+        try:
+            early.append(await asyncio.wait_for(anext(frames), 0.3))
+        except TimeoutError:
+            break
+    assert all(f.speaking for f in early)
+    assert len(early) == math.floor((0.2 - gen.options.lookahead) * FPS + 1e-6) + 1
+    await gen.push_audio(speech.pcm[first:], speech.sample_rate)
+    await gen.flush()
+    rest = []
+    while not isinstance(item := await anext(frames), EndOfSegment):
+        rest.append(item)
+    frames_all = early + rest
+    assert len(frames_all) == math.ceil(speech.duration * FPS)
+    assert [f.index for f in frames_all] == list(range(len(frames_all)))
+    np.testing.assert_allclose([f.pts for f in frames_all], np.arange(len(frames_all)) / FPS)
+    assert item.segment == frames_all[0].segment and not item.interrupted
+    assert item.pts == pytest.approx(speech.duration)
+    after = await anext(frames)  # idle again, on the same clock
+    assert not after.speaking and after.pts == pytest.approx(len(frames_all) / FPS)
+    await gen.aclose()
+
+
+async def test_segments_share_one_clock_and_idle_continues_it(avatar, speech):
+    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
+    frames = aiter(gen)
+    idle = [await anext(frames) for _ in range(3)]
+    half = speech.pcm[: len(speech.pcm) // 3]
+    await gen.push_audio(half, speech.sample_rate)
+    await gen.flush()
+    await gen.push_audio(half, speech.sample_rate)
+    await gen.flush()
+    items = []
+    while sum(isinstance(i, EndOfSegment) for i in items) < 2:
+        items.append(await anext(frames))
+    items.append(await anext(frames))
+    video = [i for i in idle + items if isinstance(i, VideoFrame)]
+    pts = np.array([f.pts for f in video])
+    np.testing.assert_allclose(pts, np.arange(len(video)) / FPS)  # no gaps, no repeats
+    ends = [i for i in items if isinstance(i, EndOfSegment)]
+    assert ends[0].segment != ends[1].segment
+    seg0 = [f for f in video if f.segment == ends[0].segment]
+    seg1 = [f for f in video if f.segment == ends[1].segment]
+    n = math.ceil(len(half) / speech.sample_rate * FPS)
+    assert len(seg0) == len(seg1) == n
+    assert seg0[0].pts == pytest.approx(3 / FPS)  # starts at the next free slot
+    assert seg1[0].index == seg0[-1].index + 1
+    assert not video[-1].speaking
+    await gen.aclose()
+
+
+async def test_clear_buffer_returns_to_idle_within_one_frame(avatar, speech):
+    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
+    frames = aiter(gen)
+    await gen.push_audio(speech.pcm, speech.sample_rate)
+    spoken = [await anext(frames) for _ in range(20)]
+    assert all(f.speaking for f in spoken)
+    await gen.clear_buffer()
+    end = await anext(frames)
+    assert isinstance(end, EndOfSegment) and end.interrupted
+    assert end.segment == spoken[0].segment
+    assert end.pts == pytest.approx(spoken[-1].pts + 1 / FPS)
+    after = await anext(frames)
+    assert isinstance(after, VideoFrame) and not after.speaking and after.segment == -1
+    assert after.pts == pytest.approx(end.pts)
+    later = [await anext(frames) for _ in range(4)]
+    assert all(not f.speaking for f in later)
+    assert opening(later[-1].landmarks) < 0.01  # the mouth has eased shut
+    await gen.aclose()
+
+
+async def test_a_cancelled_pull_loses_no_frame(avatar, speech):
+    """A consumer that times out mid-frame gets that frame on its next pull."""
+    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
+    frames = aiter(gen)
+    part = speech.pcm[: int(0.6 * speech.sample_rate)]
+    await gen.push_audio(part, speech.sample_rate)
+    await gen.flush()
+    items, timeouts = [], 0
+    while not items or not isinstance(items[-1], EndOfSegment):
+        try:
+            items.append(await asyncio.wait_for(anext(frames), 0.001))
+        except TimeoutError:
+            timeouts += 1
+    video = items[:-1]
+    assert timeouts > 0
+    assert [f.index for f in video] == list(range(len(video)))
+    assert len(video) == math.ceil(len(part) / speech.sample_rate * FPS)
+    await gen.aclose()
+
+
+async def test_unflushed_segment_that_runs_dry_goes_on_as_silence(avatar, speech):
+    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=128, underrun_timeout=0.2))
+    frames = aiter(gen)
+    await gen.push_audio(speech.pcm[: int(0.1 * speech.sample_rate)], speech.sample_rate)
+    got = [await asyncio.wait_for(anext(frames), 2.0) for _ in range(8)]
+    assert all(f.speaking for f in got)
+    np.testing.assert_allclose([f.pts for f in got], np.arange(8) / FPS)
+    await gen.aclose()
+
+
+# ----------------------------------------------------------------------- mouth
+
+
+@pytest.mark.parametrize("with_timings", [False, True], ids=["audio", "timings"])
+async def test_mouth_follows_the_speech(avatar, speech_with_pause, with_timings):
+    speech = speech_with_pause
+    if not with_timings:
+        speech = Speech(speech.pcm, speech.sample_rate)
+    gen = ProceduralGenerator.load(avatar)
+    items = await stream(gen, speech)
+    await gen.aclose()
+    frames = [i for i in items if isinstance(i, VideoFrame) and i.speaking]
+    assert len(frames) == math.ceil(speech.duration * FPS)
+    mouth = np.array([opening(f.landmarks) for f in frames])
+    envelope = rms_envelope(speech, len(frames))
+    r = float(np.corrcoef(mouth, envelope)[0, 1])
+    print(f"pearson r ({'timings' if with_timings else 'audio'}) = {r:.3f}")
+    assert r >= 0.5
+    gap_start, gap_end = speech_with_pause.gap
+    times = np.arange(len(frames)) / FPS
+    silent = (times >= gap_start + 0.12) & (times <= gap_end - 0.12)
+    assert silent.sum() >= 7  # >= 300 ms of frames well inside the pause
+    assert mouth[silent].max() < 0.02
+    assert mouth.max() > 0.15  # and it does open while speaking
+
+
+def test_visemes_from_hand_made_timings(avatar):
+    @dataclass(frozen=True)
+    class T:
+        symbol: str
+        kind: str
+        start: float
+        end: float
+
+    sounds = [("p", 0.2, 0.3), ("ɑː", 0.3, 0.6), ("m", 0.6, 0.7), ("uː", 0.7, 1.0)]
+    sounds += [("f", 1.0, 1.12), ("iː", 1.12, 1.4)]
+    timings = [T(s, "phoneme", a, b) for s, a, b in sounds]
+    rate = 16_000
+    t = np.arange(int(1.6 * rate)) / rate
+    tone = (0.2 * np.sin(2 * np.pi * 140 * t) * ((t > 0.18) & (t < 1.42))).astype(np.float32)
+    opts = ProceduralOptions(sway=0.0, breathing=0.0, blink=False)
+    frames = render_clip(avatar, tone, rate, timings, opts)
+    rest = frames[0].landmarks
+
+    def at(time_s):
+        return frames[round(time_s * FPS)].landmarks
+
+    def width(lm):
+        return float(np.linalg.norm(lm[54] - lm[48]))
+
+    assert opening(at(0.24)) < 0.01  # p: lips pressed
+    assert opening(at(0.64)) < 0.01  # m
+    assert opening(at(0.44)) > 0.18  # ɑ: wide open
+    assert opening(at(0.44)) > opening(at(0.84)) > 0.02  # u opens less than ɑ
+    assert width(at(0.84)) < 0.85 * width(rest)  # u: rounded
+    assert width(at(1.28)) > 1.08 * width(rest)  # i: spread
+    assert opening(at(1.56)) < 0.01  # rest after the last sound
+
+
+def test_viseme_table_reads_ipa_arpabet_and_words():
+    assert [s.press for s, _ in phoneme_shapes("m")] == [1.0]
+    assert [s.teeth for s, _ in phoneme_shapes("v")] == [1.0]
+    assert len(phoneme_shapes("aɪ")) == 2 and phoneme_shapes("ˈaɪ")[0][0].open > 0.9
+    assert phoneme_shapes("AA1") == phoneme_shapes("ɑ")
+    assert phoneme_shapes("uː")[0][0].round == 1.0
+    assert [ipa for ipa, _ in word_sounds("moon")] == ["m", "u", "n"]
+
+    @dataclass(frozen=True)
+    class W:
+        symbol: str
+        kind: str
+        start: float
+        end: float
+
+    track = VisemeTrack()
+    track.add([W("mama", "word", 0.0, 0.8)])
+    values = [track.shape_at(x) for x in (0.05, 0.2, 0.45, 0.6, 1.5)]
+    assert values[0].press > 0.9 and values[0].open < 0.05  # m
+    assert values[1].open > 0.5  # a
+    assert values[4].open == 0.0  # silence after the word
+
+
+# ---------------------------------------------------------------- picture rules
+
+
+def test_only_the_face_region_changes_when_the_head_is_still(avatar, speech):
+    opts = ProceduralOptions(sway=0.0, breathing=0.0, seed=4)
+    frames = render_clip(avatar, speech.pcm, speech.sample_rate, None, opts)
+    rest_image, rest_lm = fit_avatar(avatar, opts.size)
+    x0, y0, x1, y1 = face_region(rest_lm, rest_image.shape[:2])
+    outside = np.ones(rest_image.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert outside.mean() > 0.3
+    for f in frames:
+        assert np.array_equal(f.image[outside], rest_image[outside])
+    assert max(np.abs(f.image.astype(int) - rest_image).max() for f in frames) > 60  # it moved
+
+
+def test_head_motion_is_one_global_transform(avatar, speech):
+    still = render_clip(avatar, speech.pcm, speech.sample_rate, None,
+                        ProceduralOptions(sway=0.0, breathing=0.0, seed=5))  # fmt: skip
+    moving = render_clip(avatar, speech.pcm, speech.sample_rate, None,
+                         ProceduralOptions(sway=1.0, breathing=0.0, seed=5))  # fmt: skip
+    shifts = []
+    for a, b in zip(still[::8], moving[::8], strict=True):
+        m, _ = cv2.estimateAffinePartial2D(a.landmarks, b.landmarks)
+        shifts.append(np.abs(b.landmarks - a.landmarks).max())
+        expected = cv2.warpAffine(a.image, m, (512, 512), flags=cv2.INTER_LINEAR,
+                                  borderMode=cv2.BORDER_REFLECT_101)  # fmt: skip
+        diff = np.abs(expected.astype(int) - b.image.astype(int))[8:-8, 8:-8]
+        assert diff.mean() < 0.6 and np.percentile(diff, 99.5) <= 6
+    assert max(shifts) > 1.5  # the head did move
+
+
+def test_blinks_while_idle(avatar):
+    async def idle_frames():
+        gen = ProceduralGenerator.load(avatar, ProceduralOptions(seed=11))
+        frames = aiter(gen)
+        out = [await anext(frames) for _ in range(int(8 * FPS))]
+        await gen.aclose()
+        return out
+
+    frames = asyncio.run(idle_frames())
+    assert all(not f.speaking for f in frames)
+    openness = np.array([eye_openness(f.landmarks) for f in frames])
+    rest = eye_openness(avatar.landmarks)
+    closed = openness < 0.15 * rest
+    blinks = int(np.sum(closed[1:] & ~closed[:-1]) + closed[0])
+    assert 1 <= blinks <= 5
+    assert np.median(openness) > 0.95 * rest
+    assert closed.mean() < 0.1
+
+
+def test_render_clip_frame_count(avatar):
+    rate = 16_000
+    for seconds in (0.5, 1.0, 1.013, 0.041):
+        pcm = speech_like_audio(seconds, rate)
+        opts = ProceduralOptions(size=128)
+        frames = render_clip(avatar, pcm, rate, None, opts)
+        assert len(frames) == math.ceil(len(pcm) / rate * FPS) == frame_count(len(pcm) / rate, FPS)
+        np.testing.assert_allclose([f.pts for f in frames], frame_times(len(pcm) / rate, FPS))
+        assert all(f.speaking and f.segment == 0 for f in frames)
+
+
+def test_mesh_keeps_lid_and_lip_outlines_as_edges():
+    for seed in (0, 1, 2, 3):
+        face = make_demo_avatar(512, seed)
+        mesh = FaceMesh.build(face.landmarks, (512, 512))
+        edges = {
+            tuple(sorted((int(t[i]), int(t[(i + 1) % 3]))))
+            for t in mesh.triangles
+            for i in range(3)
+        }
+        helper = 68 + 3
+        for outline in OUTLINES:
+            for a, b in zip(outline[:-1], outline[1:], strict=True):
+                assert tuple(sorted((a, helper))) in edges and tuple(sorted((helper, b))) in edges
+                helper += 1
+
+
+def test_synthetic_faces_are_labelled_and_differ():
+    a, b = make_demo_avatar(256, 0), make_demo_avatar(256, VARIANT)
+    assert a.synthetic and b.synthetic and a.id != b.id and "synthetic-demo-v1" in a.id
+    assert a.image.shape == (256, 256, 3) and a.landmarks.shape == (68, 2)
+    assert np.abs(a.image.astype(int) - b.image.astype(int)).mean() > 10
+    for face in (a, b):
+        lm = face.landmarks
+        assert lm[36:48, 1].max() < lm[30, 1] < lm[48:68, 1].min() < lm[8, 1]
+        assert (lm >= 0).all() and (lm < 256).all()
+    again = make_demo_avatar(256, 0)
+    assert np.array_equal(again.image, a.image) and again.id == a.id
+
+
+def test_bench_reports_speed(avatar):
+    result = bench_procedural(avatar, seconds=2.0, options=ProceduralOptions(size=256))
+    assert result["frames"] == math.ceil(2.0 * FPS) and result["size"] == 256
+    assert result["fps"] > 10 and 0 < result["frame_ms_p50"] <= result["frame_ms_p95"]
+    assert 0 < result["first_frame_ms"] < 1000 and result["cpu_use"] > 0
+
+
+# --------------------------------------------------------------- contact sheet
+
+
+def _tiles(face, speech: Speech) -> list[tuple[str, np.ndarray]]:
+    frames = render_clip(face, speech.pcm, speech.sample_rate, speech.timings)
+    gaps = np.array([opening(f.landmarks) for f in frames])
+    closed = frames[int(np.argmin(gaps[5:-5])) + 5]
+    open_ = frames[int(np.argmax(gaps))]
+
+    async def idle_frames():
+        gen = ProceduralGenerator.load(face, ProceduralOptions(seed=11))
+        it = aiter(gen)
+        out = [await anext(it) for _ in range(int(8 * FPS))]
+        await gen.aclose()
+        return out
+
+    idle = asyncio.run(idle_frames())
+    eyes = np.array([eye_openness(f.landmarks) for f in idle])
+    blink = idle[int(np.argmin(eyes))]
+    calm = idle[int(np.argmax(eyes > 0.98 * eyes.max()))]
+    return [("closed mouth", closed.image), ("open mouth", open_.image),
+            ("mid-blink", blink.image), ("idle", calm.image)]  # fmt: skip
+
+
+def test_contact_sheet(speech_with_pause):
+    tile, band = 256, 28
+    rows = []
+    for seed in (0, VARIANT):
+        face = make_demo_avatar(512, seed)
+        cells = []
+        for label, image in _tiles(face, speech_with_pause):
+            cell = np.full((tile + band, tile, 3), 255, np.uint8)
+            cell[band:] = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
+            text = f"seed {seed}: {label}"
+            cv2.putText(
+                cell, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA
+            )
+            cells.append(cell)
+        rows.append(np.concatenate(cells, axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / "procedural_contact_sheet.png"
+    assert cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    back = cv2.imread(str(path))
+    assert back is not None and back.shape == (2 * (tile + band), 4 * tile, 3)
