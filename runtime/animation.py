@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from avatar.procedural.generator import ProceduralOptions, render_clip
 
 from avatar.export import write_landmarks, write_mp4
 from avatar.face import FaceAnalyzer, FaceOptions, read_image
 from avatar.face.prepare import prepare_photo
+from avatar.procedural.generator import ProceduralOptions, render_clip
 from avatar.store import AvatarStore
 from avatar.synthetic import make_demo_avatar
 from avatar.types import PreparedAvatar
