@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: setup
-	$(BIN)/likeness demo
+	$(BIN)/likeness serve
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

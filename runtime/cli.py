@@ -224,8 +224,59 @@ def listen(
 
 @app.command()
 @handle_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate (https)")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key")] = None,
+) -> None:
+    """Serve the companion: web pages, WebRTC sessions, /health and /metrics."""
+    import uvicorn
+
+    from runtime.server import create_app
+
+    settings = state.load()
+    changes: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "host": host,
+            "port": port,
+            "tls_cert": str(tls_cert) if tls_cert else None,
+            "tls_key": str(tls_key) if tls_key else None,
+        }.items()
+        if v is not None
+    }
+    server = settings.server.model_copy(update=changes)
+    settings = settings.model_copy(update={"server": server})
+    if bool(server.tls_cert) != bool(server.tls_key):
+        raise InputError("give both --tls-cert and --tls-key, or neither")
+    for pem in (server.tls_cert, server.tls_key):
+        if pem:
+            require_file(Path(pem), "PEM file")
+    scheme = "https" if server.tls_cert else "http"
+    shown = "localhost" if server.host in ("127.0.0.1", "0.0.0.0") else server.host
+    err_console.print(
+        f"likeness: loading models, then open {scheme}://{shown}:{server.port}/ "
+        f"(kiosk: {scheme}://{shown}:{server.port}/kiosk.html)",
+        markup=False,
+        highlight=False,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=server.host,
+        port=server.port,
+        ssl_certfile=server.tls_cert or None,
+        ssl_keyfile=server.tls_key or None,
+        log_config=None,
+        lifespan="on",
+    )
+
+
+@app.command()
+@handle_errors
 def demo() -> None:
-    """Run the embedded companion: a spoken question answered offline, then chat."""
+    """The offline voice loop: a spoken question answered, shown on the synthetic face,
+    then chat in text. (`make demo` runs `likeness serve`.)"""
     from runtime.voiceloop import run_demo
 
     asyncio.run(run_demo(state.load(), interactive=sys.stdin.isatty()))
@@ -244,6 +295,31 @@ def bench_voice(
     from runtime.bench import bench_voice as run
 
     write_bench("voice", run(state.load(), repeats=repeats), json_path)
+
+
+@bench_app.command("session")
+@handle_errors
+def bench_session(
+    sessions: Annotated[int, typer.Option(min=1, max=64, help="concurrent sessions")] = 1,
+    sweep: Annotated[bool, typer.Option(help="try 1, 2, 4, ... up to --sessions")] = False,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
+) -> None:
+    """N concurrent WebRTC sessions: stage latency p50/p95, fps, drops, CPU and memory."""
+    from runtime.bench_session import bench_session as run
+
+    state.load()
+    result = run(sessions, sweep=sweep, url=url)
+    write_bench("session", result, json_path)
+    for row in result["runs"]:
+        verdict = "ok" if row["ok"] else "over the limit"
+        err_console.print(
+            f"{row['sessions']} session(s): {row['fps_min']:.1f} fps min, "
+            f"voice end → first audio p95 {row.get('first_audio_sent_p95_ms', float('nan')):.0f} ms"
+            f" — {verdict}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def main() -> None:

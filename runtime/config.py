@@ -137,10 +137,28 @@ class AvatarConfig(_Section):
 
 
 class ServerConfig(_Section):
-    """The HTTP/WebRTC server (later issues)."""
+    """``likeness serve``: the ASGI app, WebRTC sessions and the web pages."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8420, ge=1, le=65535)
+    port: int = Field(8080, ge=1, le=65535)
+    max_sessions: int = Field(4, ge=1, le=256, description="more get 503 busy")
+    media_timeout_s: float = Field(20.0, gt=1, le=3600, description="no client audio: close")
+    avatar: str = Field("synthetic", description="default face of a session")
+    avatars: list[str] = Field(
+        default_factory=list, description="prepared avatar ids clients may ask for"
+    )
+    tls_cert: str = Field("", description="PEM certificate: serve https (LAN kiosks)")
+    tls_key: str = Field("", description="PEM private key for tls_cert")
+    ice_servers: list[str] = Field(default_factory=list, description="stun:/turn: URLs")
+
+
+class KioskConfig(_Section):
+    """The kiosk page's profile (URL parameters override it)."""
+
+    avatar: str = "synthetic"
+    volume: float = Field(1.0, ge=0, le=1)
+    slow_speech: bool = True
+    caption_scale: float = Field(1.6, ge=0.5, le=4)
 
 
 class Settings(BaseSettings):
@@ -167,6 +185,7 @@ class Settings(BaseSettings):
     safety: SafetyConfig = SafetyConfig()
     avatar: AvatarConfig = AvatarConfig()
     server: ServerConfig = ServerConfig()
+    kiosk: KioskConfig = KioskConfig()
 
     @field_validator("data_dir")
     @classmethod

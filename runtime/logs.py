@@ -17,7 +17,12 @@ from typing import Any
 
 import structlog
 
-_SECRET_KEY = re.compile(r"(api_?key|token|secret|password|authorization|cookie)", re.I)
+# Whole key names, or suffixes, that hold secrets ("first_token" is a latency, not a secret).
+_SECRET_KEY = re.compile(
+    r"^(api_?key|token|access_token|refresh_token|webhook_token|secret|password|authorization"
+    r"|cookie)$|(_api_?key|_secret|_password)$",
+    re.I,
+)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)
 
 
@@ -91,7 +96,7 @@ def setup_logging(level: str = "info", fmt: str = "console", log_dir: Path | Non
         root.addHandler(to_file)
     root.setLevel(level.upper())
     # Chatty libraries stay at warning unless we debug.
-    for name in ("httpx", "httpcore", "faster_whisper", "numba", "urllib3"):
+    for name in ("httpx", "httpcore", "faster_whisper", "numba", "urllib3", "aioice", "aiortc"):
         logging.getLogger(name).setLevel("DEBUG" if level == "debug" else "WARNING")
 
 

@@ -1,0 +1,302 @@
+"""``likeness serve``: one ASGI app for the web pages, WebRTC signaling, health and metrics.
+
+Routes::
+
+    POST /api/rtc/offer   {"sdp", "type": "offer", "avatar"?, "deployment"?, "profile"?}
+                          → 200 {"sdp", "type": "answer", "session_id"} (all ICE candidates
+                          inside: one POST connects); 400 bad SDP, 404 unknown avatar,
+                          503 busy (Retry-After)
+    GET  /api/config      persona name and the kiosk profile for the pages
+    GET  /health          200 {"status": "ready", ...} once the models are loaded
+    GET  /metrics         Prometheus text
+    GET  /                the chat page; /kiosk.html the kiosk (web/static)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from avatar.types import PreparedAvatar
+from runtime import components
+from runtime.animation import SYNTHETIC_REF, resolve_avatar, store
+from runtime.config import Settings
+from runtime.frames import TurnLatency
+from runtime.logs import get_logger
+from runtime.session import Session, SharedModels, event_json
+from web import STATIC_DIR
+
+log = get_logger("likeness.server")
+MAX_BODY = 64 * 1024
+STAGES = ("transcript", "first_token", "first_audio", "first_video_sent", "first_audio_sent")
+
+
+class Metrics:
+    """The Prometheus series of one app (own registry, so tests can run several)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.sessions = Gauge("likeness_sessions_active", "live sessions", registry=self.registry)
+        self.started = Counter(
+            "likeness_sessions_total", "sessions started", registry=self.registry
+        )
+        self.refused = Counter(
+            "likeness_sessions_refused_total",
+            "offers refused",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "likeness_turn_stage_seconds",
+            "time from the end of user speech to each stage of the reply",
+            ["stage"],
+            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
+            registry=self.registry,
+        )
+
+    def observe(self, latency: TurnLatency) -> None:
+        for stage, ms in latency.stages_ms().items():
+            self.latency.labels(stage=stage).observe(ms / 1000)
+
+
+class OfferError(Exception):
+    """An offer that cannot be served; ``status`` is the HTTP code."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+class Companion:
+    """The process-wide state: shared models and the live sessions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.models: SharedModels | None = None
+        self.sessions: dict[str, tuple[Session, RTCPeerConnection]] = {}
+        self._avatars: dict[str, PreparedAvatar] = {}
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task] = set()
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def load(self) -> None:
+        """Load the shared models (call once at start-up)."""
+        s = self.settings
+        asr = await asyncio.to_thread(components.load_asr, s)
+        tts = await components.load_tts(s)
+        dialogue = await components.load_dialogue(s)
+        self.models = SharedModels(asr, tts, dialogue, components.distress_detector(s))
+        self.avatar(s.server.avatar)  # fail at start-up, not at the first call
+        log.info("ready", host=s.server.host, port=s.server.port)
+
+    async def shutdown(self) -> None:
+        for session_id in list(self.sessions):
+            await self.end(session_id, "server shutting down")
+        if self.models is not None:
+            await self.models.dialogue.aclose()
+
+    def avatar(self, ref: str) -> PreparedAvatar:
+        """A face clients may ask for: the synthetic one, or an allow-listed prepared id."""
+        allowed = {SYNTHETIC_REF, self.settings.server.avatar, *self.settings.server.avatars}
+        if ref not in allowed or (ref != SYNTHETIC_REF and ref not in store(self.settings)):
+            raise OfferError(404, f"unknown avatar {ref!r}")
+        if ref not in self._avatars:
+            self._avatars[ref] = resolve_avatar(self.settings, ref)
+        return self._avatars[ref]
+
+    async def offer(self, body: dict[str, Any]) -> dict[str, str]:
+        """Answer a WebRTC offer and start a session."""
+        if self.models is None:
+            raise OfferError(503, "not ready yet", {"Retry-After": "2"})
+        sdp, kind = body.get("sdp"), body.get("type")
+        if kind != "offer" or not isinstance(sdp, str) or not sdp.startswith("v=0"):
+            self.metrics.refused.labels(reason="bad_sdp").inc()
+            raise OfferError(400, "expected {'type': 'offer', 'sdp': 'v=0...'}")
+        face = self.avatar(str(body.get("avatar") or self.settings.server.avatar))
+        async with self._lock:
+            if len(self.sessions) >= self.settings.server.max_sessions:
+                self.metrics.refused.labels(reason="busy").inc()
+                raise OfferError(503, "busy: all sessions are taken", {"Retry-After": "10"})
+            pc = RTCPeerConnection(self._rtc_config())
+            channel_box: dict[str, Any] = {}
+
+            def send(message: dict[str, Any]) -> None:
+                channel = channel_box.get("events")
+                if channel is not None and channel.readyState == "open":
+                    channel.send(event_json(message))
+
+            session = Session(
+                self.settings,
+                self.models,
+                face,
+                send,
+                self.metrics.observe,
+                on_close=lambda sid: self._background(self.end(sid, "session ended")),
+            )
+            self.sessions[session.id] = (session, pc)
+        try:
+            answer = await self._negotiate(pc, session, sdp, channel_box)
+        except Exception as err:
+            await self.end(session.id, "negotiation failed")
+            self.metrics.refused.labels(reason="bad_sdp").inc()
+            raise OfferError(400, f"cannot use this offer: {err}") from None
+        self.metrics.sessions.set(len(self.sessions))
+        self.metrics.started.inc()
+        log.info(
+            "session started", session=session.id, avatar=face.id, deployment=body.get("deployment")
+        )
+        return {"sdp": answer.sdp, "type": answer.type, "session_id": session.id}
+
+    def _rtc_config(self) -> RTCConfiguration:
+        servers = [RTCIceServer(urls=url) for url in self.settings.server.ice_servers]
+        return RTCConfiguration(iceServers=servers)
+
+    async def _negotiate(
+        self, pc: RTCPeerConnection, session: Session, sdp: str, channel_box: dict[str, Any]
+    ) -> RTCSessionDescription:
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            if channel.label == "events":
+                channel_box["events"] = channel
+                hello = event_json({"type": "state", "state": session.state})
+                if channel.readyState == "open":  # aiortc announces it already open
+                    channel.send(hello)
+                else:
+                    channel.on("open", lambda: channel.send(hello))
+
+                @channel.on("message")
+                def on_message(message: Any) -> None:
+                    with contextlib.suppress(ValueError, TypeError):
+                        if json.loads(message).get("type") == "end":
+                            self._background(self.end(session.id, "client ended"))
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio":
+                session.start(track)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.end(session.id, f"connection {pc.connectionState}")
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        audio_sent = video_sent = False
+        for transceiver in pc.getTransceivers():
+            if transceiver.kind == "audio" and not audio_sent:
+                transceiver.sender.replaceTrack(session.audio_out)
+                transceiver.direction = "sendrecv"
+                audio_sent = True
+            elif transceiver.kind == "video" and not video_sent:
+                transceiver.sender.replaceTrack(session.video_out)
+                transceiver.direction = (
+                    "sendrecv" if transceiver.direction == "sendrecv" else "sendonly"
+                )
+                video_sent = True
+        if not audio_sent:
+            raise ValueError("the offer has no audio (microphone) track")
+        if not video_sent:
+            pc.addTrack(session.video_out)
+        await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
+        return pc.localDescription
+
+    async def end(self, session_id: str, reason: str) -> None:
+        """Close a session and its peer connection; nothing stays behind."""
+        entry = self.sessions.pop(session_id, None)
+        if entry is None:
+            return
+        session, pc = entry
+        await session.close(reason)
+        await pc.close()
+        self.metrics.sessions.set(len(self.sessions))
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app. Models load at start-up; /health says when it is ready."""
+    companion = Companion(settings)
+    started = time.time()
+
+    async def offer(request: Request) -> Response:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            return JSONResponse({"error": "offer too large"}, status_code=413)
+        try:
+            body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError
+        except ValueError:
+            return JSONResponse({"error": "the body must be a JSON object"}, status_code=400)
+        try:
+            return JSONResponse(await companion.offer(body))
+        except OfferError as err:
+            return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
+
+    async def health(_: Request) -> Response:
+        ready = companion.models is not None
+        body = {
+            "status": "ready" if ready else "loading",
+            "sessions": len(companion.sessions),
+            "max_sessions": settings.server.max_sessions,
+            "uptime_s": round(time.time() - started, 1),
+        }
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(companion.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def config(_: Request) -> Response:
+        k = settings.kiosk
+        return JSONResponse(
+            {
+                "persona": {"name": settings.persona.name},
+                "kiosk": {
+                    "avatar": k.avatar,
+                    "volume": k.volume,
+                    "slow_speech": k.slow_speech,
+                    "caption_scale": k.caption_scale,
+                },
+            }
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette):
+        await companion.load()
+        yield
+        await companion.shutdown()
+
+    app = Starlette(
+        routes=[
+            Route("/api/rtc/offer", offer, methods=["POST"]),
+            Route("/api/config", config),
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.companion = companion
+    return app

@@ -1,0 +1,167 @@
+"""Live sessions against a real ``likeness serve`` process, with real aiortc clients."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from avatar.synthetic import make_demo_avatar
+from runtime.dialogue.conversation import ConversationMemory
+from runtime.rtc_client import CompanionClient
+from tests.conftest import piper_speech
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")},
+        "LIKENESS_DATA_DIR": str(data),
+        "LIKENESS_SERVER__MAX_SESSIONS": "2",
+        "LIKENESS_DIALOGUE__MAX_TOKENS": "60",
+        "LIKENESS_DIALOGUE__TEMPERATURE": "0",
+    }
+    log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise RuntimeError((data / "server.log").read_text())
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise RuntimeError("server did not become ready:\n" + (data / "server.log").read_text())
+    yield url, data
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    finally:
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def question(piper_tts):
+    return piper_speech(piper_tts, "Hello! What is your favourite colour?")
+
+
+def mouth_crop(image: np.ndarray) -> np.ndarray:
+    marks = make_demo_avatar(size=image.shape[0]).landmarks[48:68]
+    x0, y0 = marks.min(0).astype(int) - 8
+    x1, y1 = marks.max(0).astype(int) + 8
+    return image[y0:y1, x0:x1].astype(np.float32)
+
+
+async def test_a_spoken_question_gets_a_spoken_animated_answer(server, question):
+    url, _ = server
+    async with CompanionClient(url) as client:
+        await client.wait_for("state", 10, state="listening")
+        client.mic.say(question.pcm, question.sample_rate)
+        heard = await client.wait_for("transcript", 20, final=True)
+        assert "colo" in heard["text"].lower()
+        await client.wait_for("reply", 30)
+        metrics = await client.wait_for("metrics", 30)
+        await asyncio.sleep(2.0)
+    stages = metrics["stages_ms"]
+    for stage in ("transcript", "first_token", "first_audio", "first_video_sent",
+                  "first_audio_sent"):
+        assert stage in stages, stages
+    assert stages["transcript"] <= stages["first_audio"] <= stages["first_audio_sent"]
+    print("turn latencies (ms after end of speech):", {k: round(v) for k, v in stages.items()})
+    got = client.got
+    started = got.first("reply")
+    loud = [rms for t, rms in got.audio_rms if t >= started and rms > 0.01]
+    assert len(loud) > 25, "the reply must be audible (over 0.5 s of non-silent audio)"
+    during = [image for t, image in got.video if t >= started]
+    assert len(during) > 25
+    crops = np.stack([mouth_crop(image) for image in during])
+    assert np.abs(crops - crops[0]).mean(axis=(1, 2, 3)).max() > 3.0, "the mouth must move"
+    first, last = got.video[0][0], got.video[-1][0]
+    fps = (len(got.video) - 1) / (last - first)
+    assert fps > 15, f"video delivered at {fps:.1f} fps"
+
+
+async def test_barge_in_stops_the_reply_and_trims_history(server, question, piper_tts):
+    url, data = server
+    stop = piper_speech(piper_tts, "Wait, stop, please stop.")
+    async with CompanionClient(url, keep_video=False) as client:
+        await client.wait_for("state", 10, state="listening")
+        client.mic.say(question.pcm, question.sample_rate)
+        await client.wait_for("state", 40, state="speaking")
+        await asyncio.sleep(0.6)
+        client.mic.say(stop.pcm, stop.sample_rate)
+        spoke_at = time.monotonic()
+        interrupted = await client.wait_for("interrupted", 10)
+        cut_at = client.got.first("interrupted")
+        await asyncio.sleep(1.5)
+        session = client.session_id
+    after = [(t, rms) for t, rms in client.got.audio_rms if t >= cut_at]
+    # The reply's audio stops: every 20 ms frame from 500 ms after the cut is silent
+    # (the answer to the second utterance needs its own end of turn, well after that).
+    quiet = [rms for t, rms in after if cut_at + 0.5 <= t <= cut_at + 1.2]
+    assert quiet and max(quiet) < 0.005, "reply audio still playing 500 ms after the barge-in"
+    print(f"barge-in decided {1000 * (cut_at - spoke_at):.0f} ms after the user started")
+    memory = ConversationMemory(data / "memory")
+    history = memory.history(f"session-{session}")
+    assistant = [m.content for m in history if m.role == "assistant"]
+    assert assistant, "the heard part of the reply is kept"
+    assert assistant[0] == interrupted["heard"] or not interrupted["heard"]
+
+
+async def test_offers_are_checked(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        bad = await http.post("/api/rtc/offer", json={"type": "offer", "sdp": "hello"})
+        assert bad.status_code == 400 and "error" in bad.json()
+        junk = await http.post("/api/rtc/offer", content=b"{not json")
+        assert junk.status_code == 400
+        health = await http.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "ready"
+        metrics = await http.get("/metrics")
+        assert "likeness_sessions_active" in metrics.text
+        assert "likeness_turn_stage_seconds_bucket" in metrics.text
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        async with CompanionClient(url, avatar="0123456789abcdef"):
+            pass
+    assert info.value.response.status_code == 404
+
+
+async def test_busy_when_all_sessions_are_taken(server):
+    url, _ = server
+    async with CompanionClient(url, keep_video=False), CompanionClient(url, keep_video=False):
+        with pytest.raises(httpx.HTTPStatusError) as info:
+            async with CompanionClient(url, keep_video=False):
+                pass
+        assert info.value.response.status_code == 503
+        assert info.value.response.headers.get("retry-after")
+    # Closed sessions free their places.
+    await asyncio.sleep(1.0)
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/health")).json()["sessions"] == 0
