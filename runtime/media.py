@@ -166,8 +166,8 @@ class AudioOut(MediaStreamTrack):
             pcm: mono float32 samples in [-1, 1], any rate.
             sample_rate: rate of ``pcm``.
             at: media time of the first sample; None continues the run.
-            last: True on the run's final piece (the end of a reply). Call it, or the
-                run's natural end counts as an underrun.
+            last: True on the run's final piece (the end of a reply); without it the
+                run's end counts as an underrun.
 
         Raises:
             ValueError: the speech would end more than ``max_ahead`` after now.

@@ -50,7 +50,10 @@ from voice.vad import SpeechStarted, TurnEnded
 
 log = get_logger("likeness.session")
 LEAD_S = 0.06  # jitter margin between scheduling and playing
-MAX_AHEAD_S = 0.5  # the video task sleeps when frames are mapped further ahead than this
+# The video task sleeps when frames are mapped further ahead than this: idle frames stay
+# close to now (speech can take over at once); speaking frames may run further ahead.
+IDLE_AHEAD_S = 0.12
+SPEAKING_AHEAD_S = 1.0
 APOLOGY = "I'm sorry, I had trouble answering that. Could you say it again?"
 
 
@@ -75,6 +78,7 @@ class _Segment:
     first_pts: float = 0.0
     sentences: list[tuple[float, str]] = field(default_factory=list)  # (offset, text)
     generator_id: int | None = None  # the generator's segment number, once seen
+    done: bool = False  # the reply has no more audio to come
 
 
 class Session:
@@ -128,6 +132,7 @@ class Session:
         self._turn = 0
         self._latency: dict[int, TurnLatency] = {}
         self._generator_alive = True
+        self._timers: list[asyncio.TimerHandle] = []  # reply captions due when spoken
 
     def generator_first_image(self) -> np.ndarray:
         size = self.generator.size
@@ -169,6 +174,8 @@ class Session:
             return
         self.closed.set()
         self._event({"type": "state", "state": "ended", "reason": reason})
+        for timer in self._timers:
+            timer.cancel()
         current = asyncio.current_task()
         tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
@@ -269,9 +276,17 @@ class Session:
             self._event({"type": "error", "message": "the reply failed; apologising"})
             async for chunk in self.models.tts.synthesize(APOLOGY):
                 await self._push(segment, APOLOGY, chunk)
+        segment.done = True
         await self.generator.flush()
-        if not self._generator_alive and segment.anchor is None:
+        if segment.anchor is not None:
+            self._finish_audio(segment)
+        elif not self._generator_alive:
             self._anchor(segment, 0.0)
+
+    def _finish_audio(self, segment: _Segment) -> None:
+        """The reply's audio is complete: flush the track's resampler (no underrun)."""
+        rate = segment.chunks[-1][1].sample_rate if segment.chunks else 48_000
+        self.audio_out.schedule(np.zeros(0, np.float32), rate, at=None, last=True)
 
     async def _push(self, segment: _Segment, sentence: str, chunk: SpeechChunk) -> None:
         latency = self._latency.get(segment.turn)
@@ -283,10 +298,10 @@ class Session:
         segment.chunks.append((segment.length, chunk))
         offset = segment.length
         segment.length += chunk.duration
-        if segment.anchor is not None:
-            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=segment.anchor + offset)
+        if segment.anchor is not None:  # continues the segment's run seamlessly
+            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=None)
             if new_sentence:
-                self._event({"type": "reply", "text": sentence})
+                self._reply_at(segment.anchor + offset, sentence)
         if self._generator_alive:
             await self.generator.push_audio(chunk.pcm, chunk.sample_rate, chunk.timings)
         elif segment.anchor is None:
@@ -294,18 +309,31 @@ class Session:
 
     def _anchor(self, segment: _Segment, first_pts: float) -> None:
         """Fix the segment's media time and schedule the audio held so far."""
-        now = self.clock.now()
-        segment.anchor = max(now + LEAD_S, self.audio_out.queued_until)
+        start = max(self.clock.now() + LEAD_S, self.audio_out.queued_until)
+        segment.anchor = self.video_out.next_slot(start)
         segment.first_pts = first_pts
+        self.video_out.clear_after(segment.anchor - 1e-3)  # idle frames queued past it go
         with contextlib.suppress(ValueError):
             self._segments.remove(segment)
         self._current = segment
-        for offset, chunk in segment.chunks:
-            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=segment.anchor + offset)
-        for _offset, text in segment.sentences:
-            self._event({"type": "reply", "text": text})
-        if segment.sentences:
+        for i, (_offset, chunk) in enumerate(segment.chunks):
+            at = segment.anchor if i == 0 else None
+            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=at)
+        if segment.done:
+            self._finish_audio(segment)
+        for offset, text in segment.sentences:
+            self._reply_at(segment.anchor + offset, text)
+
+    def _reply_at(self, media_time: float, text: str) -> None:
+        """Send a reply sentence (and the speaking state) when its audio starts playing."""
+
+        def send() -> None:
             self._set_state("speaking")
+            self._event({"type": "reply", "text": text})
+
+        delay = max(0.0, media_time - self.clock.now())
+        self._timers = [t for t in self._timers if not t.cancelled() and t.when() > 0]
+        self._timers.append(asyncio.get_running_loop().call_later(delay, send))
 
     # ------------------------------------------------------------------ video
 
@@ -329,8 +357,9 @@ class Session:
                 self.video_out.put(frame.image, at, tag)
                 next_free = at + 1.0 / self.fps
                 ahead = at - self.clock.now()
-                if ahead > MAX_AHEAD_S:
-                    await asyncio.sleep(ahead - MAX_AHEAD_S)
+                limit = SPEAKING_AHEAD_S if frame.speaking else IDLE_AHEAD_S
+                if ahead > limit:
+                    await asyncio.sleep(ahead - limit)
                 if (
                     not frame.speaking
                     and self.state == "speaking"
@@ -366,6 +395,9 @@ class Session:
             reply.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reply
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         heard_until = self.audio_out.clear()
         self.video_out.clear_after(self.clock.now())
         await self.generator.clear_buffer()

@@ -123,7 +123,8 @@ async def test_tone_burst_arrives_and_silence_otherwise():
     async with rtc_loopback(server_tracks=[audio]) as link:
         (heard,) = link.client_received
         await record(heard, 0.3)  # let the link settle
-        start = audio.schedule(tone(1000, 0.5), TTS_RATE, at=clock.now() + 0.3, last=True)
+        at = clock.now() + 0.3
+        start = audio.schedule(tone(1000, 0.5), TTS_RATE, at=at, last=True)
         frames = await record(heard, 1.3)
     pcm = audio_of(frames)
     spans = loud_spans(pcm)
@@ -135,7 +136,21 @@ async def test_tone_burst_arrives_and_silence_otherwise():
     assert np.abs(quiet).max() < 0.01  # silence before and after, not noise
     assert audio.stats.speech_frames_sent in (25, 26)
     assert audio.stats.underruns == 0 and audio.stats.late_starts == 0
-    assert start > 0
+    assert start == pytest.approx(at, abs=1 / 48_000)
+
+
+def test_schedule_places_replies_back_to_back_and_bounds_the_queue():
+    clock = MediaClock()
+    audio = AudioOut(clock, lead=0.1, max_ahead=2.0)
+    now = clock.now()
+    first = audio.schedule(tone(300, 0.5), TTS_RATE, last=True)
+    assert first == pytest.approx(now + 0.1, abs=0.005)  # idle: now + lead
+    second = audio.schedule(tone(300, 0.5, rate=48_000), 48_000)  # queued: right after
+    assert second == pytest.approx(first + 0.5, abs=1 / 48_000)
+    assert audio.queued_until == pytest.approx(first + 1.0, abs=1 / 48_000)
+    with pytest.raises(ValueError, match="ahead"):
+        audio.schedule(tone(300, 1.5), TTS_RATE)  # would end > 2 s ahead
+    assert audio.clear() == 0.0 and audio.queued_until == 0.0  # nothing was sent
 
 
 @pytest.mark.slow
@@ -271,6 +286,7 @@ async def test_av_sync_markers_30s():
         f"\n  sender send time  {dist(send_ms)}"
         f"\n  receiver arrival  {dist(rx_ms)} (aiortc receiver skew {rx_skew_ms:.0f})"
         f"\n  link latency      audio {dist(lat_a)}; video {dist(lat_v)}"
+        f"\n  stalls ms {[round((b - a) * 1000) for a, b in stalls]}"
         f"\n  {audio.stats}\n  {video.stats}"
     )
     assert np.abs(pts_ms).max() <= 40

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -17,54 +13,22 @@ from avatar.synthetic import make_demo_avatar
 from runtime.dialogue.conversation import ConversationMemory
 from runtime.rtc_client import CompanionClient
 from tests.conftest import piper_speech
+from tests.serving import Server
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")},
-        "LIKENESS_DATA_DIR": str(data),
-        "LIKENESS_SERVER__MAX_SESSIONS": "2",
-        "LIKENESS_DIALOGUE__MAX_TOKENS": "60",
-        "LIKENESS_DIALOGUE__TEMPERATURE": "0",
-    }
-    log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "serve", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError((data / "server.log").read_text())
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become ready:\n" + (data / "server.log").read_text())
-    yield url, data
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    finally:
-        log.close()
+    running = Server(
+        data,
+        LIKENESS_SERVER__MAX_SESSIONS="2",
+        LIKENESS_DIALOGUE__MAX_TOKENS="60",
+        LIKENESS_DIALOGUE__TEMPERATURE="0",
+    ).start()
+    yield running.url, data
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +54,17 @@ async def test_a_spoken_question_gets_a_spoken_animated_answer(server, question)
         metrics = await client.wait_for("metrics", 30)
         await asyncio.sleep(2.0)
     stages = metrics["stages_ms"]
-    for stage in ("transcript", "first_token", "first_audio", "first_video_sent",
-                  "first_audio_sent"):
+    for stage in (
+        "transcript",
+        "first_token",
+        "first_audio",
+        "first_video_sent",
+        "first_audio_sent",
+    ):
         assert stage in stages, stages
     assert stages["transcript"] <= stages["first_audio"] <= stages["first_audio_sent"]
+    # One media clock: the reply's first frame and first sample go out together.
+    assert abs(stages["first_video_sent"] - stages["first_audio_sent"]) <= 40
     print("turn latencies (ms after end of speech):", {k: round(v) for k, v in stages.items()})
     got = client.got
     started = got.first("reply")
