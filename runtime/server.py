@@ -2,6 +2,7 @@
 
 Routes::
 
+    WS   /api/rtc/ws      the same offer/answer as JSON messages, then trickle ICE candidates
     POST /api/rtc/offer   {"sdp", "type": "offer", "avatar"?, "deployment"?, "profile"?}
                           → 200 {"sdp", "type": "answer", "session_id"} (all ICE candidates
                           inside: one POST connects); 400 bad SDP, 404 unknown avatar,
@@ -21,6 +22,7 @@ import time
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.sdp import candidate_from_sdp
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -32,8 +34,9 @@ from prometheus_client import (
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatar.types import PreparedAvatar
 from runtime import components
@@ -224,6 +227,33 @@ class Companion:
         await pc.setLocalDescription(await pc.createAnswer())  # gathers every candidate
         return pc.localDescription
 
+    async def add_candidate(self, session_id: str, message: dict[str, Any]) -> None:
+        """Trickle ICE: add one remote candidate (``{"candidate", "sdpMid",
+        "sdpMLineIndex"}``; an empty candidate means the client has sent them all).
+
+        Raises:
+            OfferError: unknown session or a malformed candidate (400).
+        """
+        entry = self.sessions.get(session_id)
+        if entry is None:
+            raise OfferError(404, f"no session {session_id}")
+        text = message.get("candidate")
+        if not isinstance(text, str):
+            raise OfferError(400, "a candidate message needs a 'candidate' string")
+        if not text:
+            await entry[1].addIceCandidate(None)  # the client has sent them all
+            return
+        body = text.removeprefix("candidate:")
+        if len(body.split()) < 8:  # aiortc only asserts this
+            raise OfferError(400, "malformed ICE candidate: too few fields")
+        try:
+            candidate = candidate_from_sdp(body)
+        except (ValueError, IndexError) as err:
+            raise OfferError(400, f"malformed ICE candidate: {err}") from None
+        candidate.sdpMid = message.get("sdpMid")
+        candidate.sdpMLineIndex = message.get("sdpMLineIndex")
+        await entry[1].addIceCandidate(candidate)
+
     async def end(self, session_id: str, reason: str) -> None:
         """Close a session and its peer connection; nothing stays behind."""
         entry = self.sessions.pop(session_id, None)
@@ -254,6 +284,39 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse(await companion.offer(body))
         except OfferError as err:
             return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
+
+    async def signaling(socket: WebSocket) -> None:
+        """The same offer/answer over a WebSocket, plus trickle ICE from the client:
+        ``{"type": "offer", ...}`` → ``{"type": "answer", "sdp", "session_id"}``, then
+        ``{"type": "candidate", "candidate", "sdpMid", "sdpMLineIndex"}`` messages.
+        Errors come back as ``{"type": "error", "status", "error"}``; closing the socket
+        does not end the session (the data channel and the media do)."""
+        await socket.accept()
+        session_id: str | None = None
+        try:
+            while True:
+                try:
+                    message = json.loads(await socket.receive_text())
+                    if not isinstance(message, dict):
+                        raise ValueError
+                except ValueError:
+                    await socket.send_json({"type": "error", "status": 400, "error": "not JSON"})
+                    continue
+                try:
+                    if message.get("type") == "offer":
+                        answer = await companion.offer(message)
+                        session_id = answer["session_id"]
+                        await socket.send_json(answer)
+                    elif message.get("type") == "candidate" and session_id is not None:
+                        await companion.add_candidate(session_id, message)
+                    else:
+                        raise OfferError(400, "expected an offer, then candidates")
+                except OfferError as err:
+                    await socket.send_json(
+                        {"type": "error", "status": err.status, "error": str(err)}
+                    )
+        except WebSocketDisconnect:
+            return
 
     async def health(_: Request) -> Response:
         ready = companion.models is not None
@@ -291,6 +354,7 @@ def create_app(settings: Settings) -> Starlette:
     app = Starlette(
         routes=[
             Route("/api/rtc/offer", offer, methods=["POST"]),
+            WebSocketRoute("/api/rtc/ws", signaling),
             Route("/api/config", config),
             Route("/health", health),
             Route("/metrics", metrics),

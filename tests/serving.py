@@ -21,10 +21,14 @@ def free_port() -> int:
 class Server:
     """``likeness serve`` on ``port`` with its own data dir; ``start()``/``stop()`` it."""
 
-    def __init__(self, data: Path, port: int | None = None, **env: str) -> None:
+    def __init__(
+        self, data: Path, port: int | None = None, args: tuple[str, ...] = (), **env: str
+    ) -> None:
         self.data = data
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = args
+        scheme = "https" if "--tls-cert" in args else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")},
             "LIKENESS_DATA_DIR": str(data),
@@ -36,7 +40,7 @@ class Server:
     def start(self, ready_within_s: float = 90) -> Server:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runtime", "serve", "--port", str(self.port)],
+                [sys.executable, "-m", "runtime", "serve", "--port", str(self.port), *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -44,7 +48,7 @@ class Server:
         deadline = time.monotonic() + ready_within_s
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/health", timeout=1, verify=False).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

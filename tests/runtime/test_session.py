@@ -26,6 +26,7 @@ def server(tmp_path_factory):
         LIKENESS_SERVER__MAX_SESSIONS="2",
         LIKENESS_DIALOGUE__MAX_TOKENS="60",
         LIKENESS_DIALOGUE__TEMPERATURE="0",
+        LIKENESS_SERVER__MEDIA_TIMEOUT_S="4",
     ).start()
     yield running.url, data
     running.stop()
@@ -136,3 +137,142 @@ async def test_busy_when_all_sessions_are_taken(server):
     await asyncio.sleep(1.0)
     async with httpx.AsyncClient(base_url=url) as http:
         assert (await http.get("/health")).json()["sessions"] == 0
+
+
+async def test_trickle_ice_over_websocket(server):
+    import json
+
+    import websockets
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from runtime.rtc_client import SpeechTrack
+
+    url, _ = server
+    pc = RTCPeerConnection()
+    pc.addTrack(SpeechTrack())
+    pc.addTransceiver("video", direction="recvonly")
+    pc.createDataChannel("events")
+    await pc.setLocalDescription(await pc.createOffer())
+    lines = pc.localDescription.sdp.splitlines()
+    candidates, mids, mid = [], [], None
+    for line in lines:
+        if line.startswith("a=mid:"):
+            mid = line[6:]
+            mids.append(mid)
+        if line.startswith("a=candidate:"):
+            candidates.append((line[2:], mid))
+    trickled = ("a=candidate:", "a=end-of-candidates")  # what a trickling client leaves out
+    bare = "\r\n".join(line for line in lines if not line.startswith(trickled)) + "\r\n"
+    ws_url = url.replace("http", "ws") + "/api/rtc/ws"
+    async with websockets.connect(ws_url) as ws:
+        await ws.send(json.dumps({"type": "candidate", "candidate": "x"}))
+        assert json.loads(await ws.recv())["status"] == 400, "a candidate before the offer"
+        await ws.send(json.dumps({"type": "offer", "sdp": bare}))
+        answer = json.loads(await ws.recv())
+        assert answer["type"] == "answer" and answer["session_id"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        for text, m in candidates:
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "candidate",
+                        "candidate": text,
+                        "sdpMid": m,
+                        "sdpMLineIndex": mids.index(m),
+                    }
+                )
+            )
+        await ws.send(json.dumps({"type": "candidate", "candidate": "candidate:garbage"}))
+        assert json.loads(await ws.recv())["status"] == 400
+        await ws.send(json.dumps({"type": "candidate", "candidate": ""}))
+        deadline = time.monotonic() + 15
+        while pc.connectionState != "connected" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+    assert pc.connectionState == "connected"
+    await pc.close()
+
+
+async def test_unknown_codecs_are_a_clear_400(server):
+    from aiortc import RTCPeerConnection
+
+    from runtime.rtc_client import SpeechTrack
+
+    url, _ = server
+    pc = RTCPeerConnection()
+    pc.addTrack(SpeechTrack())
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    for codec in ("opus", "PCMU", "PCMA", "G722"):
+        sdp = sdp.replace(f" {codec}/", " nosuchcodec/")
+    await pc.close()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        response = await http.post("/api/rtc/offer", json={"type": "offer", "sdp": sdp})
+    assert response.status_code == 400 and "offer" in response.json()["error"]
+
+
+async def test_a_client_that_sends_no_media_is_closed(server):
+    from aiortc import MediaStreamTrack
+
+    class Mute(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self):
+            await asyncio.Event().wait()  # never sends a frame
+
+    url, _ = server
+    client = CompanionClient(url, keep_video=False)
+    client.mic = Mute()
+    await client.connect()
+    try:
+        ended = await client.wait_for("state", 15, state="ended")
+        assert ended.get("reason") == "no media"
+    finally:
+        await client.close()
+    async with httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/health")).json()["sessions"] == 0
+
+
+def test_tls_for_lan_kiosks(tmp_path):
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kiosk.local")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    args = ("--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem"))
+    running = Server(tmp_path, args=args).start()
+    try:
+        assert running.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        response = httpx.get(f"{running.url}/health", verify=trust)
+        assert response.status_code == 200
+    finally:
+        running.stop()
