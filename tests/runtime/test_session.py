@@ -14,7 +14,7 @@ from avatar.synthetic import make_demo_avatar
 from runtime.dialogue.conversation import ConversationMemory
 from runtime.rtc_client import CompanionClient
 from tests.conftest import piper_speech
-from tests.serving import Server
+from tests.serving import Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -276,5 +276,28 @@ def test_tls_for_lan_kiosks(tmp_path):
         trust = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
         response = httpx.get(f"{running.url}/health", verify=trust)
         assert response.status_code == 200
+    finally:
+        running.stop()
+
+
+async def test_llm_failure_is_answered_with_a_spoken_apology(tmp_path, question):
+    running = Server(
+        tmp_path,
+        LIKENESS_DIALOGUE__BACKEND="openai",
+        LIKENESS_DIALOGUE__BASE_URL=f"http://127.0.0.1:{free_port()}/v1",  # nobody listens
+        LIKENESS_DIALOGUE__MODEL="absent",
+        LIKENESS_DIALOGUE__RETRIES="0",
+    ).start()
+    try:
+        async with CompanionClient(running.url, keep_video=False) as client:
+            await client.wait_for("state", 10, state="listening")
+            client.mic.say(question.pcm, question.sample_rate)
+            error = await client.wait_for("error", 30)
+            reply = await client.wait_for("reply", 15)
+            await asyncio.sleep(1.5)
+        assert "reply failed" in error["message"]
+        assert "sorry" in reply["text"].lower()
+        started = client.got.first("reply")
+        assert any(rms > 0.01 for t, rms in client.got.audio_rms if t >= started)
     finally:
         running.stop()
