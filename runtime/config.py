@@ -152,13 +152,20 @@ class ServerConfig(_Section):
     ice_servers: list[str] = Field(default_factory=list, description="stun:/turn: URLs")
 
 
-class KioskConfig(_Section):
-    """The kiosk page's profile (URL parameters override it)."""
+class KioskProfile(_Section):
+    """How a kiosk looks and speaks (the page's URL parameters override the look)."""
 
-    avatar: str = "synthetic"
+    avatar: str = Field("synthetic", description="face (must be allowed in server.avatars)")
     volume: float = Field(1.0, ge=0, le=1)
-    slow_speech: bool = True
+    slow_speech: bool = Field(True, description="eldercare speech: slow, clear, short")
     caption_scale: float = Field(1.6, ge=0.5, le=4)
+    persona_name: str = Field("", max_length=60, description="'' = persona.name")
+
+
+class KioskConfig(KioskProfile):
+    """The default kiosk profile, plus named ones (``/kiosk.html?profile=NAME``)."""
+
+    profiles: dict[str, KioskProfile] = Field(default_factory=dict)
 
 
 class Settings(BaseSettings):

@@ -91,9 +91,16 @@ class Received:
 class CompanionClient:
     """One session with a companion server. Use ``async with CompanionClient(url) as c``."""
 
-    def __init__(self, base_url: str, avatar: str | None = None, keep_video: bool = True) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        avatar: str | None = None,
+        keep_video: bool = True,
+        profile: str | None = None,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.avatar = avatar
+        self.profile = profile
         self.mic = SpeechTrack()
         self.pc = RTCPeerConnection()
         self.got = Received(keep_video=keep_video)
@@ -131,6 +138,8 @@ class CompanionClient:
         body = {"sdp": self.pc.localDescription.sdp, "type": "offer"}
         if self.avatar:
             body["avatar"] = self.avatar
+        if self.profile:
+            body["profile"] = self.profile
         async with httpx.AsyncClient(timeout=http_timeout_s) as http:
             response = await http.post(f"{self.base_url}/api/rtc/offer", json=body)
             response.raise_for_status()

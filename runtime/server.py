@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -41,7 +42,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from avatar.types import PreparedAvatar
 from runtime import components
 from runtime.animation import SYNTHETIC_REF, resolve_avatar, store
-from runtime.config import Settings
+from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
 from runtime.session import Session, SharedModels, event_json
@@ -100,6 +101,7 @@ class Companion:
         self._avatars: dict[str, PreparedAvatar] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
+        self._slow_tts: dict[bool, Any] = {}  # TTS voices per eldercare setting
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -131,6 +133,31 @@ class Companion:
             self._avatars[ref] = resolve_avatar(self.settings, ref)
         return self._avatars[ref]
 
+    def profile(self, name: Any) -> KioskProfile | None:
+        """The kiosk profile called ``name`` (None: no profile asked for).
+
+        Raises:
+            OfferError: 404 for an unknown profile.
+        """
+        if not name:
+            return None
+        kiosk = self.settings.kiosk
+        if name == "default":
+            return kiosk
+        if name not in kiosk.profiles:
+            raise OfferError(404, f"unknown kiosk profile {str(name)[:60]!r}")
+        return kiosk.profiles[name]
+
+    async def _models_for(self, settings: Settings) -> SharedModels:
+        """The shared models, with a slow or normal voice as the persona asks."""
+        assert self.models is not None
+        eldercare = settings.persona.eldercare
+        if eldercare == self.settings.persona.eldercare:
+            return self.models
+        if eldercare not in self._slow_tts:
+            self._slow_tts[eldercare] = await components.load_tts(settings)
+        return replace(self.models, tts=self._slow_tts[eldercare])
+
     async def offer(self, body: dict[str, Any]) -> dict[str, str]:
         """Answer a WebRTC offer and start a session."""
         if self.models is None:
@@ -139,7 +166,17 @@ class Companion:
         if kind != "offer" or not isinstance(sdp, str) or not sdp.startswith("v=0"):
             self.metrics.refused.labels(reason="bad_sdp").inc()
             raise OfferError(400, "expected {'type': 'offer', 'sdp': 'v=0...'}")
-        face = self.avatar(str(body.get("avatar") or self.settings.server.avatar))
+        profile = self.profile(body.get("profile"))
+        settings = self.settings
+        if profile is not None:
+            persona = settings.persona.model_copy(
+                update={"eldercare": profile.slow_speech}
+                | ({"name": profile.persona_name} if profile.persona_name else {})
+            )
+            settings = settings.model_copy(update={"persona": persona})
+        default_face = profile.avatar if profile is not None else settings.server.avatar
+        face = self.avatar(str(body.get("avatar") or default_face))
+        models = await self._models_for(settings)
         async with self._lock:
             if len(self.sessions) >= self.settings.server.max_sessions:
                 self.metrics.refused.labels(reason="busy").inc()
@@ -153,8 +190,8 @@ class Companion:
                     channel.send(event_json(message))
 
             session = Session(
-                self.settings,
-                self.models,
+                settings,
+                models,
                 face,
                 send,
                 self.metrics.observe,
@@ -325,17 +362,21 @@ def create_app(settings: Settings) -> Starlette:
             "sessions": len(companion.sessions),
             "max_sessions": settings.server.max_sessions,
             "uptime_s": round(time.time() - started, 1),
+            "tasks": len(asyncio.all_tasks()),
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(companion.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    async def config(_: Request) -> Response:
-        k = settings.kiosk
+    async def config(request: Request) -> Response:
+        try:
+            k = companion.profile(request.query_params.get("profile")) or settings.kiosk
+        except OfferError as err:
+            return JSONResponse({"error": str(err)}, status_code=err.status)
         return JSONResponse(
             {
-                "persona": {"name": settings.persona.name},
+                "persona": {"name": k.persona_name or settings.persona.name},
                 "kiosk": {
                     "avatar": k.avatar,
                     "volume": k.volume,

@@ -28,6 +28,7 @@ def server(tmp_path_factory):
         LIKENESS_DIALOGUE__MAX_TOKENS="60",
         LIKENESS_DIALOGUE__TEMPERATURE="0",
         LIKENESS_SERVER__MEDIA_TIMEOUT_S="4",
+        LIKENESS_KIOSK__PROFILES='{"lobby": {"persona_name": "Ada", "caption_scale": 2.5}}',
     ).start()
     yield running.url, data
     running.stop()
@@ -301,3 +302,27 @@ async def test_llm_failure_is_answered_with_a_spoken_apology(tmp_path, question)
         assert any(rms > 0.01 for t, rms in client.got.audio_rms if t >= started)
     finally:
         running.stop()
+
+
+async def test_kiosk_profiles_and_no_leaks(server):
+    url, _ = server
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        lobby = (await http.get("/api/config", params={"profile": "lobby"})).json()
+        assert lobby["persona"]["name"] == "Ada" and lobby["kiosk"]["caption_scale"] == 2.5
+        default = (await http.get("/api/config", params={"profile": "default"})).json()
+        assert default["persona"]["name"] == "Robin" and default["kiosk"]["slow_speech"]
+        assert (await http.get("/api/config", params={"profile": "nope"})).status_code == 404
+        before = (await http.get("/health")).json()["tasks"]
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        async with CompanionClient(url, profile="nope"):
+            pass
+    assert info.value.response.status_code == 404
+    for _ in range(2):  # a slow-speech (eldercare) session, twice: nothing piles up
+        async with CompanionClient(url, profile="lobby", keep_video=False) as client:
+            await client.wait_for("state", 10, state="listening")
+            await asyncio.sleep(0.5)
+    await asyncio.sleep(1.5)
+    async with httpx.AsyncClient(base_url=url) as http:
+        after = (await http.get("/health")).json()
+    assert after["sessions"] == 0
+    assert after["tasks"] <= before + 2, "session tasks must not outlive their sessions"

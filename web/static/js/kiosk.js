@@ -251,7 +251,7 @@ async function keepScreenOn() {
 async function main() {
   showState("idle");
   showStatus("Starting…");
-  const profileName = params.str("profile");
+  const profileName = params.str("profile", "default");  // the server's default kiosk profile
   const config = await loadConfig({ profile: profileName });
   const profile = { ...DEFAULTS, ...((config && config.kiosk) || {}) };
   const persona = config && config.persona && typeof config.persona.name === "string" ? config.persona.name.trim() : "";
