@@ -150,6 +150,9 @@ class ServerConfig(_Section):
     tls_cert: str = Field("", description="PEM certificate: serve https (LAN kiosks)")
     tls_key: str = Field("", description="PEM private key for tls_cert")
     ice_servers: list[str] = Field(default_factory=list, description="stun:/turn: URLs")
+    keep_session_memory: bool = Field(
+        False, description="keep a session's conversation after it ends (privacy: off)"
+    )
 
 
 class KioskProfile(_Section):

@@ -116,7 +116,7 @@ class Session:
         self.clock = MediaClock()
         self.audio_out = AudioOut(self.clock)
         self.generator = ProceduralGenerator.load(avatar, options)
-        self.video_out = VideoOut(self.clock, fps=self.fps, initial=self.generator_first_image())
+        self.video_out = VideoOut(self.clock, fps=self.fps, initial=self._rest_image())
         self.audio_out.on_first_speech = self._audio_started
         self.video_out.on_frame_sent = self._frame_sent
         self.conversation = components.conversation(
@@ -134,7 +134,8 @@ class Session:
         self._generator_alive = True
         self._timers: list[asyncio.TimerHandle] = []  # reply captions due when spoken
 
-    def generator_first_image(self) -> np.ndarray:
+    def _rest_image(self) -> np.ndarray:
+        """The face at rest, at the output size: shown until the first frame."""
         size = self.generator.size
         image = self.avatar.image
         if image.shape[0] != size:
@@ -183,6 +184,9 @@ class Session:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.generator.aclose()
+        if not self.settings.server.keep_session_memory:
+            with contextlib.suppress(OSError):
+                self.conversation.memory.forget(self.person)
         self.audio_out.stop()
         self.video_out.stop()
         log.info("session closed", session=self.id, reason=reason)
@@ -242,6 +246,8 @@ class Session:
         heard = await self.models.asr.transcribe(turn.audio)
         latency = _stamp(latency, "transcript")
         self._latency[number] = latency
+        for old in [t for t in self._latency if t < number - 4]:
+            del self._latency[old]  # a long session keeps only recent turns
         if not heard.text.strip():
             self._set_state("listening")
             return

@@ -168,11 +168,12 @@ async def test_barge_in_from_the_browser(server, piper_tts, tmp_path):
                 await asyncio.sleep(0.02)
             heard = await page.evaluate("likeness.interruptions[0]")
             session = await page.evaluate("likeness.sessionId")
+            memory = ConversationMemory(server.data / "memory")
+            history = memory.history(f"session-{session}")
         finally:
             await browser.close()
     assert quiet_at is not None and quiet_at - cut <= 0.5, "the reply kept playing after barge-in"
     print(f"reply audio stopped {1000 * (quiet_at - cut):.0f} ms after the barge-in event")
-    history = ConversationMemory(server.data / "memory").history(f"session-{session}")
     assistant = [m.content for m in history if m.role == "assistant"]
     if heard:
         assert assistant and assistant[0] == heard, "history keeps only what was heard"

@@ -95,6 +95,9 @@ async def test_barge_in_stops_the_reply_and_trims_history(server, question, pipe
         interrupted = await client.wait_for("interrupted", 10)
         cut_at = client.got.first("interrupted")
         await asyncio.sleep(1.5)
+        # While the session lives, its memory holds only what was heard.
+        memory = ConversationMemory(data / "memory")
+        history = memory.history(f"session-{client.session_id}")
         session = client.session_id
     after = [(t, rms) for t, rms in client.got.audio_rms if t >= cut_at]
     # The reply's audio stops: every 20 ms frame from 500 ms after the cut is silent
@@ -102,11 +105,12 @@ async def test_barge_in_stops_the_reply_and_trims_history(server, question, pipe
     quiet = [rms for t, rms in after if cut_at + 0.5 <= t <= cut_at + 1.2]
     assert quiet and max(quiet) < 0.005, "reply audio still playing 500 ms after the barge-in"
     print(f"barge-in decided {1000 * (cut_at - spoke_at):.0f} ms after the user started")
-    memory = ConversationMemory(data / "memory")
-    history = memory.history(f"session-{session}")
     assistant = [m.content for m in history if m.role == "assistant"]
     assert assistant, "the heard part of the reply is kept"
     assert assistant[0] == interrupted["heard"] or not interrupted["heard"]
+    await asyncio.sleep(1.0)
+    fresh = ConversationMemory(data / "memory")
+    assert fresh.history(f"session-{session}") == [], "a closed session forgets (privacy)"
 
 
 async def test_offers_are_checked(server):
