@@ -101,7 +101,7 @@ class Companion:
         self._avatars: dict[str, PreparedAvatar] = {}
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._slow_tts: dict[bool, Any] = {}  # TTS voices per eldercare setting
+        self._voices: dict[bool, Any] = {}  # TTS voices by eldercare (slow speech) setting
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -128,7 +128,7 @@ class Companion:
         """A face clients may ask for: the synthetic one, or an allow-listed prepared id."""
         allowed = {SYNTHETIC_REF, self.settings.server.avatar, *self.settings.server.avatars}
         if ref not in allowed or (ref != SYNTHETIC_REF and ref not in store(self.settings)):
-            raise OfferError(404, f"unknown avatar {ref!r}")
+            raise OfferError(404, f"unknown avatar {ref[:60]!r}")
         if ref not in self._avatars:
             self._avatars[ref] = resolve_avatar(self.settings, ref)
         return self._avatars[ref]
@@ -154,9 +154,9 @@ class Companion:
         eldercare = settings.persona.eldercare
         if eldercare == self.settings.persona.eldercare:
             return self.models
-        if eldercare not in self._slow_tts:
-            self._slow_tts[eldercare] = await components.load_tts(settings)
-        return replace(self.models, tts=self._slow_tts[eldercare])
+        if eldercare not in self._voices:
+            self._voices[eldercare] = await components.load_tts(settings)
+        return replace(self.models, tts=self._voices[eldercare])
 
     async def offer(self, body: dict[str, Any]) -> dict[str, str]:
         """Answer a WebRTC offer and start a session."""
@@ -207,7 +207,10 @@ class Companion:
         self.metrics.sessions.set(len(self.sessions))
         self.metrics.started.inc()
         log.info(
-            "session started", session=session.id, avatar=face.id, deployment=body.get("deployment")
+            "session started",
+            session=session.id,
+            avatar=face.id,
+            deployment=str(body.get("deployment"))[:60],
         )
         return {"sdp": answer.sdp, "type": answer.type, "session_id": session.id}
 
