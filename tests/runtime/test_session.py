@@ -330,3 +330,48 @@ async def test_kiosk_profiles_and_no_leaks(server):
         after = (await http.get("/health")).json()
     assert after["sessions"] == 0
     assert after["tasks"] <= before + 2, "session tasks must not outlive their sessions"
+
+
+async def test_an_avatar_crash_keeps_the_voice_going(monkeypatch, tmp_path, question):
+    """Fault knob: a generator that breaks mid-session (the rest is the real server)."""
+    import uvicorn
+
+    import runtime.session
+    from avatar.errors import GeneratorError
+    from avatar.procedural.generator import ProceduralGenerator
+    from runtime.config import load_config
+    from runtime.server import create_app
+
+    class Breaks(ProceduralGenerator):
+        frames = 0
+
+        async def __anext__(self):
+            Breaks.frames += 1
+            if Breaks.frames > 40:
+                raise GeneratorError("the face model crashed")
+            return await super().__anext__()
+
+    monkeypatch.setattr(runtime.session, "ProceduralGenerator", Breaks)
+    port = free_port()
+    app = create_app(load_config(data_dir=tmp_path))
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="on"))
+    serving = asyncio.create_task(server.serve())
+    try:
+        for _ in range(600):  # uvicorn has no "started" event to wait on
+            if server.started:
+                break
+            await asyncio.sleep(0.1)
+        async with CompanionClient(f"http://127.0.0.1:{port}", keep_video=False) as client:
+            error = await client.wait_for("error", 10)
+            assert "face stopped" in error["message"]
+            client.mic.say(question.pcm, question.sample_rate)
+            await client.wait_for("reply", 40)
+            started = client.got.first("reply")
+            await asyncio.sleep(1.5)
+            frames_then = len(client.got.video)
+            await asyncio.sleep(1.0)
+        assert any(rms > 0.01 for t, rms in client.got.audio_rms if t >= started), "voice goes on"
+        assert len(client.got.video) > frames_then, "the last frame keeps being sent"
+    finally:
+        server.should_exit = True
+        await serving
