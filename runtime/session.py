@@ -229,7 +229,9 @@ class Session:
             if isinstance(event, SpeechStarted) and self._speaking():
                 await self.barge_in()
             elif isinstance(event, TurnEnded):
-                await self._on_turn(event)
+                # Transcribing takes a few hundred ms: keep listening meanwhile, so a
+                # barge-in is never delayed by it.
+                self._spawn(self._on_turn(event), "turn")
         await self.close("client audio ended")
 
     def _speaking(self) -> bool:
