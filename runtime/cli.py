@@ -28,6 +28,7 @@ from runtime.cli_common import (
     state,
     write_bench,
 )
+from runtime.cli_consent import consent_app
 from runtime.config import masked_dump
 from runtime.errors import ConfigError, InputError
 
@@ -43,6 +44,7 @@ bench_app = typer.Typer(help="Benchmarks: print a table, write JSON.", no_args_i
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(avatar_app, name="avatar")
+app.add_typer(consent_app, name="consent")
 register_avatar_commands(app, bench_app)
 
 

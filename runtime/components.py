@@ -195,3 +195,17 @@ def alert_sinks(settings: Settings) -> list[AlertSink]:
         token = s.webhook_token.get_secret_value() if s.webhook_token else None
         sinks.append(WebhookAlertSink(s.webhook_url, timeout_s=s.webhook_timeout_s, token=token))
     return sinks
+
+
+def consent_gate(settings: Settings):  # -> consent.gate.ConsentGate
+    """The consent gate over the configured store (migrated) and the signing keys.
+
+    Blocking (opens the database, may create keys): call from a worker thread.
+    """
+    from consent.gate import ConsentGate
+    from consent.keys import SigningKeys
+    from consent.store import ConsentStore
+
+    url = settings.consent.database_url.get_secret_value() or None
+    store = ConsentStore.open(settings.data_dir, url=url)
+    return ConsentGate(store, SigningKeys.load(settings.data_dir / "consent" / "signing"))

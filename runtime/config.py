@@ -155,6 +155,17 @@ class ServerConfig(_Section):
     )
 
 
+class ConsentConfig(_Section):
+    """Where grants live and what a session asks permission for."""
+
+    database_url: SecretStr = Field(
+        SecretStr(""), description="'' = SQLite under the data dir; or postgresql+psycopg://..."
+    )
+    deployment: str = Field("browser-chat", description="deployment of an offer naming none")
+    purpose: str = Field("companionship", description="purpose sessions ask for")
+    recheck_ms: int = Field(200, ge=50, le=1000, description="revocation epoch poll per session")
+
+
 class KioskProfile(_Section):
     """How a kiosk looks and speaks (the page's URL parameters override the look)."""
 
@@ -196,6 +207,7 @@ class Settings(BaseSettings):
     avatar: AvatarConfig = AvatarConfig()
     server: ServerConfig = ServerConfig()
     kiosk: KioskConfig = KioskConfig()
+    consent: ConsentConfig = ConsentConfig()
 
     @field_validator("data_dir")
     @classmethod

@@ -45,7 +45,7 @@ from runtime.animation import SYNTHETIC_REF, resolve_avatar, store
 from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
-from runtime.session import Session, SharedModels, event_json
+from runtime.session import ConsentUse, Session, SharedModels, event_json
 from web import STATIC_DIR
 
 log = get_logger("likeness.server")
@@ -97,6 +97,7 @@ class Companion:
         self.settings = settings
         self.metrics = Metrics()
         self.models: SharedModels | None = None
+        self.gate: Any = None  # consent.gate.ConsentGate, once loaded
         self.sessions: dict[str, tuple[Session, RTCPeerConnection]] = {}
         self._avatars: dict[str, PreparedAvatar] = {}
         self._lock = asyncio.Lock()
@@ -115,6 +116,7 @@ class Companion:
         tts = await components.load_tts(s)
         dialogue = await components.load_dialogue(s)
         self.models = SharedModels(asr, tts, dialogue, components.distress_detector(s))
+        self.gate = await asyncio.to_thread(components.consent_gate, s)
         self.avatar(s.server.avatar)  # fail at start-up, not at the first call
         log.info("ready", host=s.server.host, port=s.server.port)
 
@@ -176,6 +178,14 @@ class Companion:
             settings = settings.model_copy(update={"persona": persona})
         default_face = profile.avatar if profile is not None else settings.server.avatar
         face = self.avatar(str(body.get("avatar") or default_face))
+        deployment = str(body.get("deployment") or settings.consent.deployment)[:80]
+        consent = None
+        if not face.synthetic:  # a real person's face: only with a valid, current grant
+            consent = ConsentUse(self.gate, face.id, deployment, settings.consent.purpose)
+            decision = await asyncio.to_thread(consent.check)
+            if not decision.allowed:
+                self.metrics.refused.labels(reason="consent").inc()
+                raise OfferError(403, f"no permission to use this face: {decision.reason}")
         models = await self._models_for(settings)
         async with self._lock:
             if len(self.sessions) >= self.settings.server.max_sessions:
@@ -196,6 +206,7 @@ class Companion:
                 send,
                 self.metrics.observe,
                 on_close=lambda sid: self._background(self.end(sid, "session ended")),
+                consent=consent,
             )
             self.sessions[session.id] = (session, pc)
         try:

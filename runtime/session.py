@@ -67,6 +67,22 @@ class SharedModels:
     detector: DistressDetector | None
 
 
+@dataclass(frozen=True)
+class ConsentUse:
+    """What a session showing a real person's face may do, and how to re-check it."""
+
+    gate: Any  # consent.gate.ConsentGate
+    avatar_id: str
+    deployment: str
+    purpose: str
+
+    def check(self) -> Any:
+        """The gate's decision now (blocking: a database read)."""
+        return self.gate.check(
+            avatar_id=self.avatar_id, deployment=self.deployment, purpose=self.purpose
+        )
+
+
 @dataclass
 class _Segment:
     """A reply's speech as one generator segment."""
@@ -92,6 +108,8 @@ class Session:
         send_event: callable that sends one JSON-able event to the client.
         on_latency: called with each finished turn's TurnLatency (metrics).
         on_close: called with the session id once it closed (by itself or not).
+        consent: for a real person's face, the grant to re-check whenever the
+            revocation epoch moves; None for the synthetic face.
     """
 
     def __init__(
@@ -102,6 +120,7 @@ class Session:
         send_event: Callable[[dict[str, Any]], None],
         on_latency: Callable[[TurnLatency], None] | None = None,
         on_close: Callable[[str], None] | None = None,
+        consent: ConsentUse | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.settings = settings
@@ -111,6 +130,8 @@ class Session:
         self._send = send_event
         self._on_latency = on_latency
         self._on_close = on_close
+        self.consent = consent
+        self._withdrawn = False
         options = generator_options(settings)
         self.fps = options.fps
         self.clock = MediaClock()
@@ -151,6 +172,8 @@ class Session:
         self._spawn(self._listen(inbound_track), "listen")
         self._spawn(self._video(), "video")
         self._spawn(self._watchdog(), "watchdog")
+        if self.consent is not None:
+            self._spawn(self._watch_consent(self.consent), "consent")
         self._event({"type": "state", "state": "listening"})
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task:
@@ -192,6 +215,47 @@ class Session:
         log.info("session closed", session=self.id, reason=reason)
         if self._on_close is not None:
             self._on_close(self.id)
+
+    async def _watch_consent(self, consent: ConsentUse) -> None:
+        """Poll the revocation epoch; when it moves, re-check and withdraw if refused."""
+        every = self.settings.consent.recheck_ms / 1000
+        seen = await asyncio.to_thread(consent.gate.epoch)
+        await asyncio.to_thread(
+            consent.gate.record_use,
+            "use_start",
+            avatar_id=consent.avatar_id,
+            deployment=consent.deployment,
+            session=self.id,
+        )
+        try:
+            while not self.closed.is_set():
+                await asyncio.sleep(every)
+                epoch = await asyncio.to_thread(consent.gate.epoch)
+                if epoch == seen:
+                    continue
+                seen = epoch
+                decision = await asyncio.to_thread(consent.check)
+                if not decision.allowed:
+                    await self.withdraw(decision.reason)
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(
+                    consent.gate.record_use,
+                    "use_end",
+                    avatar_id=consent.avatar_id,
+                    deployment=consent.deployment,
+                    session=self.id,
+                )
+
+    async def withdraw(self, reason: str) -> None:
+        """Permission is gone: not one more frame of the face, no more voice; end."""
+        self._withdrawn = True
+        self.video_out.clear_after(-1.0)
+        self.video_out.put(np.zeros_like(self._rest_image()), at=self.clock.now())
+        self.audio_out.clear()
+        log.warning("permission withdrawn", session=self.id, reason=reason)
+        self._spawn(self.close("permission withdrawn"), "close")
 
     async def _watchdog(self) -> None:
         timeout = self.settings.server.media_timeout_s
@@ -362,6 +426,8 @@ class Session:
                             self._anchor(segment, frame.pts)
                         tag = segment.turn
                         at = segment.anchor + (frame.pts - segment.first_pts)
+                if self._withdrawn:
+                    return
                 self.video_out.put(frame.image, at, tag)
                 next_free = at + 1.0 / self.fps
                 ahead = at - self.clock.now()

@@ -20,7 +20,7 @@ from avatar.types import PreparedAvatar
 
 
 def avatar_id(image: np.ndarray, size: int, backend: str, margin: float = DEFAULT_MARGIN) -> str:
-    """The content id of a prepared photo: 16 hex digits of a SHA-256.
+    """The content id of a prepared photo: the SHA-256 (64 hex digits) a consent grant binds.
 
     Args:
         image: the uint8 RGB photo (its shape and pixels are hashed).
@@ -34,7 +34,7 @@ def avatar_id(image: np.ndarray, size: int, backend: str, margin: float = DEFAUL
     digest.update(f"|{image.shape}|{size}|{backend}".encode())
     if margin != DEFAULT_MARGIN:
         digest.update(f"|{margin}".encode())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def prepare_photo(

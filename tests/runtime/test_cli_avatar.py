@@ -34,7 +34,7 @@ def test_prepare_prints_id_box_and_pose(astronaut):
     info = json.loads(result.stdout)
     x0, y0, x1, y1 = info["face_box"]
     assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
-    assert len(info["id"]) == 16 and abs(info["pose"]["yaw"]) < 40
+    assert len(info["id"]) == 64 and abs(info["pose"]["yaw"]) < 40
     again = json.loads(run("avatar", "prepare", str(astronaut), "--json").stdout)
     assert again["id"] == info["id"], "the id must be stable for the same photo"
 

@@ -1,0 +1,1 @@
+"""Revisions of the consent schema (one file per revision)."""

@@ -1,0 +1,106 @@
+"""Signing keys (permissions, rotation) and per-subject data keys (crypto-shredding)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from consent.errors import DecryptError, KeyPermissionError, ShreddedError
+from consent.grants import Grant, sign, verify_signature
+from consent.keys import SigningKeys, SubjectKeys, key_id_of
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _grant() -> Grant:
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    return Grant(
+        id="g1",
+        subject="s1",
+        avatar_id="a" * 64,
+        allow_face=True,
+        allow_voice=False,
+        deployments=("kiosk",),
+        purposes=("eldercare",),
+        expires_at=now + timedelta(days=1),
+        issued_at=now,
+        liveness_id="l1",
+    )
+
+
+def test_signing_key_created_private(tmp_path):
+    keys = SigningKeys.load(tmp_path / "k")
+    assert _mode(tmp_path / "k") == 0o700
+    files = list((tmp_path / "k").iterdir())
+    assert files and all(_mode(f) == 0o600 for f in files)
+    assert keys.key_id == key_id_of(keys.public_keys()[keys.key_id])
+    assert len(keys.key_id) == 16
+    assert SigningKeys.load(tmp_path / "k").key_id == keys.key_id  # reloads the same key
+
+
+def test_loose_key_file_refused(tmp_path):
+    keys = SigningKeys.load(tmp_path / "k")
+    key_file = tmp_path / "k" / f"ed25519-{keys.key_id}.key"
+    os.chmod(key_file, 0o644)
+    with pytest.raises(KeyPermissionError, match="chmod 600"):
+        SigningKeys.load(tmp_path / "k")
+
+
+def test_loose_key_dir_refused(tmp_path):
+    SigningKeys.load(tmp_path / "k")
+    os.chmod(tmp_path / "k", 0o755)
+    with pytest.raises(KeyPermissionError, match="chmod 700"):
+        SigningKeys.load(tmp_path / "k")
+
+
+def test_loose_master_key_refused(tmp_path):
+    SubjectKeys.load(tmp_path / "d")
+    os.chmod(tmp_path / "d" / "master.key", 0o640)
+    with pytest.raises(KeyPermissionError, match="master.key"):
+        SubjectKeys.load(tmp_path / "d")
+
+
+def test_rotation_keeps_old_grants_verifiable(tmp_path):
+    keys = SigningKeys.load(tmp_path / "k")
+    old = sign(_grant(), keys)
+    old_id = keys.key_id
+    new_id = keys.rotate()
+    assert new_id != old_id and keys.key_id == new_id
+    assert not (tmp_path / "k" / f"ed25519-{old_id}.key").exists()  # old private key gone
+    reloaded = SigningKeys.load(tmp_path / "k")
+    assert reloaded.key_id == new_id
+    assert set(reloaded.public_keys()) == {old_id, new_id}
+    assert verify_signature(old, reloaded)
+    fresh = sign(_grant(), reloaded)
+    assert fresh.key_id == new_id and verify_signature(fresh, reloaded)
+
+
+def test_subject_keys_round_trip_and_shred(tmp_path):
+    keys = SubjectKeys.load(tmp_path / "d")
+    blob = keys.encrypt("alice", b"embedding bytes")
+    assert b"embedding bytes" not in blob
+    assert keys.decrypt("alice", blob) == b"embedding bytes"
+    with pytest.raises((DecryptError, ShreddedError)):
+        keys.decrypt("bob", blob)  # bound to its subject
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(DecryptError):
+        keys.decrypt("alice", tampered)
+    assert keys.shred("alice") is True
+    with pytest.raises(ShreddedError):
+        keys.decrypt("alice", blob)
+    keys.encrypt("alice", b"new consent, new key")  # a new key for new data...
+    with pytest.raises(DecryptError):
+        keys.decrypt("alice", blob)  # ...never opens the old data
+    assert keys.shred("nobody") is False
+
+
+def test_subject_key_files_are_private_and_named_by_hash(tmp_path):
+    keys = SubjectKeys.load(tmp_path / "d")
+    keys.encrypt("../../etc/passwd", b"x")
+    files = list((tmp_path / "d" / "subjects").iterdir())
+    assert len(files) == 1 and _mode(files[0]) == 0o600 and "passwd" not in files[0].name

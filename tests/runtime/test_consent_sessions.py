@@ -1,0 +1,130 @@
+"""The consent gate in live sessions: no grant → 403; a revoke ends the session within 1 s."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from avatar.store import AvatarStore
+from runtime import components
+from runtime.config import load_config
+from runtime.rtc_client import CompanionClient
+from tests.serving import Server
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A server whose data dir holds a prepared photo avatar and a consent store."""
+    from skimage import data
+
+    from avatar.face import FaceAnalyzer
+    from avatar.face.prepare import prepare_photo
+
+    root = tmp_path_factory.mktemp("consent-world")
+    face = prepare_photo(data.astronaut(), FaceAnalyzer.load(), size=512)
+    AvatarStore(root / "avatars").save(face)
+    settings = load_config(data_dir=root)
+    gate = components.consent_gate(settings)
+    store = gate.store
+    subject_id = store.add_subject("Eileen (test subject)").id
+    store.add_avatar(subject_id, face.id, np.zeros(128, np.float32))
+    server = Server(
+        root,
+        LIKENESS_SERVER__AVATARS=json.dumps([face.id]),
+        LIKENESS_CONSENT__RECHECK_MS="100",
+    ).start()
+    yield server, store, subject_id, face
+    server.stop()
+
+
+def grant(store, subject_id, face, deployments=("browser-chat",)):
+    from consent.keys import SigningKeys
+    from consent.store import utcnow
+
+    live = store.record_liveness(
+        subject_id,
+        face.id,
+        points={"digits": True, "turns": True, "lips": True, "identity": True, "nonce": True},
+        scores={"identity": 0.3},
+        nonce=f"n-{time.monotonic_ns()}",
+    )
+    keys = SigningKeys.load(
+        Path(str(store.engine.url).removeprefix("sqlite:///")).parent / "signing"
+    )
+    return store.issue(
+        keys,
+        subject_id=subject_id,
+        avatar_id=face.id,
+        deployments=list(deployments),
+        purposes=["companionship"],
+        expires_at=utcnow() + timedelta(days=1),
+        liveness_id=live.id,
+    )
+
+
+def test_no_grant_or_wrong_scope_is_403(world):
+    server, store, subject_id, face = world
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        asyncio.run(CompanionClient(server.url, avatar=face.id).connect())
+    assert info.value.response.status_code == 403
+    assert "permission" in info.value.response.json()["error"]
+    grant(store, subject_id, face, deployments=("kiosk-lobby",))
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        asyncio.run(CompanionClient(server.url, avatar=face.id).connect())
+    assert info.value.response.status_code == 403
+
+
+async def test_revoke_ends_a_live_session_within_a_second(world):
+    server, store, subject_id, face = world
+    issued = grant(store, subject_id, face)
+    async with CompanionClient(server.url, avatar=face.id) as client:
+        await client.wait_for("state", 10, state="listening")
+        await asyncio.sleep(1.0)
+        assert client.got.video and client.got.video[-1][1].mean() > 20, "the face is shown"
+        revoked_at = time.monotonic()
+        await asyncio.to_thread(store.revoke, issued.id, by="subject", reason="changed my mind")
+        ended = await client.wait_for("state", 5, state="ended")
+        ended_at = client.got.first("state", state="ended")
+        await asyncio.sleep(0.5)
+    assert ended["reason"] == "permission withdrawn"
+    assert ended_at - revoked_at <= 1.0, f"took {ended_at - revoked_at:.2f} s"
+    after = [image for t, image in client.got.video if t >= ended_at + 0.2]
+    assert all(image.mean() < 5 for image in after), "no frame of the face after the revoke"
+    print(f"revoke → session ended in {1000 * (ended_at - revoked_at):.0f} ms")
+
+
+def test_operator_commands(world, tmp_path):
+    from tests.runtime.test_cli import run
+
+    server, store, subject_id, face = world
+    issued = grant(store, subject_id, face, deployments=("kiosk-hall",))
+    env = {"LIKENESS_DATA_DIR": str(server.data)}
+    listed = run("consent", "list", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert issued.id in {g["id"] for g in json.loads(listed.stdout)}
+    assert run("consent", "verify-log", env=env).returncode == 0
+    out = tmp_path / "export.json"
+    exported = run("consent", "export", subject_id, "-o", str(out), env=env)
+    assert exported.returncode == 0, exported.stderr
+    data = json.loads(out.read_text())
+    assert data["subject"]["id"] == subject_id and data["audit"]
+    revoked = run("consent", "revoke", issued.id, "--by", "operator", "--reason", "test", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    again = run("consent", "revoke", issued.id, "--by", "operator", env=env)
+    assert again.returncode == 1 and "likeness: error:" in again.stderr
+    # An edited audit row is caught.
+    from sqlalchemy import text
+
+    with store.engine.begin() as db:
+        db.execute(text("UPDATE audit SET actor = 'mallory' WHERE seq = 1"))
+    broken = run("consent", "verify-log", env=env)
+    assert broken.returncode == 1 and "broken" in broken.stderr
