@@ -444,7 +444,7 @@ def test_prepare_photo(analyzer, astronaut, tmp_path):
     prepared = prepare_photo(astronaut, analyzer, size=256)
     assert isinstance(prepared, PreparedAvatar)
     assert prepared.synthetic is False
-    assert re.fullmatch(r"[0-9a-f]{16}", prepared.id)
+    assert re.fullmatch(r"[0-9a-f]{64}", prepared.id)
     assert prepared.image.shape == (256, 256, 3) and prepared.landmarks.shape == (68, 2)
     assert ((prepared.landmarks >= 0) & (prepared.landmarks < 256)).all()
     face = analyzer.analyze(astronaut)
