@@ -299,6 +299,30 @@ def bench_voice(
     write_bench("voice", run(state.load(), repeats=repeats), json_path)
 
 
+@bench_app.command("consent")
+@handle_errors
+def bench_consent(
+    seconds: Annotated[float, typer.Option(min=5, max=60, help="length of the test clip")] = 20,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+) -> None:
+    """Time to verify one liveness clip (synthetic turning face reading its digits)."""
+    from consent.liveness.bench import bench_liveness
+    from runtime.bench import machine_info
+
+    state.load()
+    metrics = bench_liveness(seconds=seconds)
+    write_bench(
+        "consent",
+        {
+            "bench": "consent",
+            "machine": machine_info(),
+            "config": {"seconds": seconds},
+            "metrics": metrics,
+        },
+        json_path,
+    )
+
+
 @bench_app.command("session")
 @handle_errors
 def bench_session(
