@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -135,33 +136,24 @@ class ConsentGate:
 
         when = utcnow() if now is None else utc(now)
         keys = self._public()
+        decide = partial(
+            check,
+            avatar_id=avatar_id,
+            deployment=deployment,
+            purpose=purpose,
+            want_voice=want_voice,
+            now=when,
+            keys_public=keys,
+        )
         decision: Decision | None = None
         for grant, revoked in self._store.grants_for_avatar(avatar_id):
-            d = check(
-                grant,
-                avatar_id=avatar_id,
-                deployment=deployment,
-                purpose=purpose,
-                want_voice=want_voice,
-                now=when,
-                keys_public=keys,
-                revoked=revoked,
-            )
+            d = decide(grant, revoked=revoked)
             if d.allowed:
                 decision = d
                 break
             decision = decision or d
         if decision is None:
-            decision = check(
-                None,
-                avatar_id=avatar_id,
-                deployment=deployment,
-                purpose=purpose,
-                want_voice=want_voice,
-                now=when,
-                keys_public=keys,
-                revoked=False,
-            )
+            decision = decide(None, revoked=False)
         subject = self._store.subject_of_avatar(avatar_id)
         self._store.append_audit(
             actor,
