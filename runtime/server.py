@@ -117,6 +117,10 @@ class Companion:
         dialogue = await components.load_dialogue(s)
         self.models = SharedModels(asr, tts, dialogue, components.distress_detector(s))
         self.gate = await asyncio.to_thread(components.consent_gate, s)
+        # Kiosk profiles may ask for the other voice (slow speech): load it now, not
+        # while a kiosk waits for its answer.
+        for profile in (s.kiosk, *s.kiosk.profiles.values()):
+            await self._models_for(self._with_profile(s, profile))
         self.avatar(s.server.avatar)  # fail at start-up, not at the first call
         log.info("ready", host=s.server.host, port=s.server.port)
 
@@ -150,6 +154,15 @@ class Companion:
             raise OfferError(404, f"unknown kiosk profile {str(name)[:60]!r}")
         return kiosk.profiles[name]
 
+    @staticmethod
+    def _with_profile(settings: Settings, profile: KioskProfile) -> Settings:
+        """``settings`` with the persona a kiosk profile asks for."""
+        persona = settings.persona.model_copy(
+            update={"eldercare": profile.slow_speech}
+            | ({"name": profile.persona_name} if profile.persona_name else {})
+        )
+        return settings.model_copy(update={"persona": persona})
+
     async def _models_for(self, settings: Settings) -> SharedModels:
         """The shared models, with a slow or normal voice as the persona asks."""
         assert self.models is not None
@@ -171,11 +184,7 @@ class Companion:
         profile = self.profile(body.get("profile"))
         settings = self.settings
         if profile is not None:
-            persona = settings.persona.model_copy(
-                update={"eldercare": profile.slow_speech}
-                | ({"name": profile.persona_name} if profile.persona_name else {})
-            )
-            settings = settings.model_copy(update={"persona": persona})
+            settings = self._with_profile(settings, profile)
         default_face = profile.avatar if profile is not None else settings.server.avatar
         face = self.avatar(str(body.get("avatar") or default_face))
         deployment = str(body.get("deployment") or settings.consent.deployment)[:80]

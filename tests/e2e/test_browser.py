@@ -186,7 +186,8 @@ async def test_kiosk_answers_and_survives_a_server_restart(piper_tts, tmp_path):
 
     running = Server(tmp_path, LIKENESS_DIALOGUE__TEMPERATURE="0").start()
     question = speech48(piper_tts, "Good morning! How are you today?")
-    mic = fake_mic(tmp_path / "k.wav", (1.5, question), (60.0, None))
+    # The kiosk fetches its profile before it connects: give it time before speaking.
+    mic = fake_mic(tmp_path / "k.wav", (4.0, question), (60.0, None))
     try:
         async with async_playwright() as pw:
             browser, page, _ = await open_page(pw, f"{running.url}/kiosk.html", mic, (1280, 800))
