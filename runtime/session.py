@@ -38,6 +38,7 @@ from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
+from runtime.label import AiLabel
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut, inbound_audio
 from runtime.safety import DistressDetector
@@ -137,7 +138,10 @@ class Session:
         self.clock = MediaClock()
         self.audio_out = AudioOut(self.clock)
         self.generator = ProceduralGenerator.load(avatar, options)
-        self.video_out = VideoOut(self.clock, fps=self.fps, initial=self._rest_image())
+        self.label = AiLabel(options.size)  # every frame sent says what it is
+        self.video_out = VideoOut(
+            self.clock, fps=self.fps, initial=self.label.apply(self._rest_image())
+        )
         self.audio_out.on_first_speech = self._audio_started
         self.video_out.on_frame_sent = self._frame_sent
         self.conversation = components.conversation(
@@ -428,7 +432,7 @@ class Session:
                         at = segment.anchor + (frame.pts - segment.first_pts)
                 if self._withdrawn:
                     return
-                self.video_out.put(frame.image, at, tag)
+                self.video_out.put(self.label.apply(frame.image), at, tag)
                 next_free = at + 1.0 / self.fps
                 ahead = at - self.clock.now()
                 limit = SPEAKING_AHEAD_S if frame.speaking else IDLE_AHEAD_S

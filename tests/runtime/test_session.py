@@ -12,6 +12,7 @@ import pytest
 
 from avatar.synthetic import make_demo_avatar
 from runtime.dialogue.conversation import ConversationMemory
+from runtime.label import AiLabel
 from runtime.rtc_client import CompanionClient
 from tests.conftest import piper_speech
 from tests.serving import Server, free_port
@@ -77,6 +78,9 @@ async def test_a_spoken_question_gets_a_spoken_animated_answer(server, question)
     assert len(during) > 25
     crops = np.stack([mouth_crop(image) for image in during])
     assert np.abs(crops - crops[0]).mean(axis=(1, 2, 3)).max() > 3.0, "the mouth must move"
+    rows, cols = AiLabel(512).box()
+    patch = got.video[-1][1][rows, cols]
+    assert (patch.max(axis=2) > 180).sum() > 30, "every frame carries the AI-generated mark"
     first, last = got.video[0][0], got.video[-1][0]
     fps = (len(got.video) - 1) / (last - first)
     assert fps > 15, f"video delivered at {fps:.1f} fps"
