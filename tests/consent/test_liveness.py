@@ -17,7 +17,7 @@ from avatar.face import FaceAnalyzer
 from consent.liveness.bench import bench_liveness
 from consent.liveness.challenge import InMemoryNonceBook, issue_challenge
 from consent.liveness.clip import ClipError, read_clip
-from consent.liveness.testclips import make_clip, reference_photo, write_clip
+from consent.liveness.testclips import VARIANTS, make_clip, reference_photo, write_clip
 from consent.liveness.verify import POINTS, LivenessResult, load_asr, verify_clip
 
 ISSUED = 1_000_000.0
@@ -51,16 +51,7 @@ def clips(tmp_path_factory, challenge, piper_tts):
     """Every variant rendered once; the pass clip as WebM, the rest as MP4."""
     folder = tmp_path_factory.mktemp("clips")
     out = {}
-    for variant in (
-        "pass",
-        "wrong_digits",
-        "static",
-        "wrong_order",
-        "other_face",
-        "two_faces",
-        "cut",
-        "dubbed",
-    ):
+    for variant in VARIANTS:
         ext = "webm" if variant == "pass" else "mp4"
         out[variant] = make_clip(
             folder / f"{variant}.{ext}",
