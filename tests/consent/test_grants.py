@@ -3,33 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from consent.errors import GrantError
 from consent.grants import Grant, canonical_bytes, sign, verify_signature
 from consent.keys import SigningKeys
+from tests.consent.samples import NOW, make_grant
 
-NOW = datetime(2030, 1, 1, 12, tzinfo=UTC)
-
-
-def _grant(**kw) -> Grant:
-    base = dict(
-        id="g1",
-        subject="s1",
-        avatar_id="a" * 64,
-        allow_face=True,
-        allow_voice=False,
-        deployments=("kiosk",),
-        purposes=("eldercare",),
-        expires_at=NOW + timedelta(days=1),
-        issued_at=NOW,
-        conditions={"ai_label": True},
-        liveness_id="l1",
-    )
-    base.update(kw)
-    return Grant(**base)
+_grant = make_grant
 
 
 # One altered value per signed field.

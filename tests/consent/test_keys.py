@@ -4,33 +4,20 @@ from __future__ import annotations
 
 import os
 import stat
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from consent.errors import DecryptError, KeyPermissionError, ShreddedError
-from consent.grants import Grant, sign, verify_signature
+from consent.grants import sign, verify_signature
 from consent.keys import SigningKeys, SubjectKeys, key_id_of
+from tests.consent.samples import make_grant
 
 
 def _mode(path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def _grant() -> Grant:
-    now = datetime(2030, 1, 1, tzinfo=UTC)
-    return Grant(
-        id="g1",
-        subject="s1",
-        avatar_id="a" * 64,
-        allow_face=True,
-        allow_voice=False,
-        deployments=("kiosk",),
-        purposes=("eldercare",),
-        expires_at=now + timedelta(days=1),
-        issued_at=now,
-        liveness_id="l1",
-    )
+_grant = make_grant
 
 
 def test_signing_key_created_private(tmp_path):
