@@ -164,6 +164,31 @@ class ConsentConfig(_Section):
     deployment: str = Field("browser-chat", description="deployment of an offer naming none")
     purpose: str = Field("companionship", description="purpose sessions ask for")
     recheck_ms: int = Field(200, ge=50, le=1000, description="revocation epoch poll per session")
+    keep_clips_days: int = Field(
+        0, ge=0, le=365, description="0 = liveness clips are discarded after the check"
+    )
+    retention_days: int = Field(
+        30, ge=0, le=3650, description="days after a grant expires before its data is purged"
+    )
+    sweep_interval_s: int = Field(
+        3600, ge=10, le=86400, description="how often the server runs the retention sweep"
+    )
+    watermark: bool = Field(True, description="invisible grant-id watermark in every frame")
+
+
+class PortalConfig(_Section):
+    """The consent portal: sign-in, sessions and limits (pages under /portal/)."""
+
+    origin: str = Field(
+        "", description="public origin, e.g. https://consent.example.org ('' = from request)"
+    )
+    rp_id: str = Field("", description="WebAuthn relying party id ('' = origin's host)")
+    rp_name: str = Field("likeness consent", max_length=64)
+    open_signup: bool = Field(True, description="people may create their own account")
+    session_hours: float = Field(12.0, gt=0, le=720, description="sign-in lifetime")
+    cookie_secure: bool = Field(True, description="Secure cookies (browsers allow localhost)")
+    signin_per_minute: int = Field(10, ge=1, le=1000, description="per client address")
+    challenges_per_hour: int = Field(20, ge=1, le=1000, description="per user")
 
 
 class KioskProfile(_Section):
@@ -208,6 +233,7 @@ class Settings(BaseSettings):
     server: ServerConfig = ServerConfig()
     kiosk: KioskConfig = KioskConfig()
     consent: ConsentConfig = ConsentConfig()
+    portal: PortalConfig = PortalConfig()
 
     @field_validator("data_dir")
     @classmethod
