@@ -1,0 +1,25 @@
+"""Fixtures of the neural model tests: tiny generators with seeded weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from avatar.models import DualBranchGenerator, GeneratorConfig
+from tests.avatar.neural.helpers import make_generator
+
+
+@pytest.fixture(scope="module")
+def tiny() -> GeneratorConfig:
+    return GeneratorConfig.tiny()
+
+
+@pytest.fixture(scope="module")
+def gen(tiny) -> DualBranchGenerator:
+    """A tiny teacher generator; tests must not change its weights or backends."""
+    return make_generator(tiny)
+
+
+@pytest.fixture(scope="module")
+def student(tiny) -> DualBranchGenerator:
+    """A tiny student generator (say-weight embedding)."""
+    return make_generator(tiny.as_student(), seed=1)
