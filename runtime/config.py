@@ -125,8 +125,15 @@ class SafetyConfig(_Section):
 class AvatarConfig(_Section):
     """Faces and the video generator."""
 
-    backend: Literal["procedural"] = "procedural"
+    backend: Literal["procedural", "neural"] = "procedural"
     size: int = Field(512, ge=128, le=2048, description="output frames are size x size")
+    checkpoint: str = Field("", description="neural: a save_pretrained folder or .safetensors")
+    runtime: Literal["torch", "onnx"] = Field("torch", description="neural: how it runs")
+    device: str = Field("auto", description="neural: auto | cpu | cuda | cuda:N")
+    steps: int = Field(2, ge=1, le=64, description="neural: sampler steps per chunk")
+    audio_weight: float = Field(1.0, ge=0, le=10, description="neural: say of audio on motion")
+    identity_weight: float = Field(1.0, ge=0, le=10, description="neural: say of the photo")
+    seed: int = Field(0, ge=0, description="neural: noise seed (chunks derive theirs from it)")
     fps: float = Field(25.0, ge=5, le=60)
     sway: float = Field(1.0, ge=0, le=3, description="head sway amplitude; 0 = still")
     landmarks: str = Field("dlib", description="landmark backend")
