@@ -24,7 +24,25 @@ from consent.grants import format_time
 if TYPE_CHECKING:
     from consent.store import ConsentStore
 
-ACTIONS = frozenset({"grant", "check", "use_start", "use_end", "revoke", "delete", "liveness"})
+ACTIONS = frozenset(
+    {
+        "grant",
+        "check",
+        "use_start",
+        "use_end",
+        "revoke",
+        "delete",
+        "liveness",
+        # the consent portal (consent/portal)
+        "account",
+        "signin",
+        "passkey",
+        "guardian_link",
+        "guardian_unlink",
+        "deployment",
+        "export",
+    }
+)
 GENESIS = "0" * 64
 
 

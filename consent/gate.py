@@ -9,6 +9,7 @@ exposes the revocation :meth:`ConsentGate.epoch` to re-check cheaply per chunk.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -204,4 +205,45 @@ class ConsentGate:
         self._store.append_audit("runtime", action, subject, details)
 
 
-__all__ = ["ConsentGate", "Decision", "check"]
+async def watch_grant(
+    gate: ConsentGate,
+    *,
+    avatar_id: str,
+    deployment: str,
+    purpose: str,
+    want_voice: bool = False,
+    every_s: float = 0.2,
+    actor: str = "runtime",
+) -> Decision:
+    """Wait until the grant for (avatar, deployment, purpose) is refused; return the refusal.
+
+    Checks now, then reads the revocation epoch every ``every_s`` seconds and checks
+    again when it moved (a revoke, a retention purge) or when the allowing grant's
+    expiry has passed (an expiry moves no epoch). Database reads run in a worker
+    thread; each check is audited as ``actor``. Returns at once when refused already.
+    The caller must then stop using the face or voice; cancel the task to stop watching.
+    """
+    from consent.store import utcnow
+
+    seen = await asyncio.to_thread(gate.epoch)
+    while True:
+        decision = await asyncio.to_thread(
+            gate.check,
+            avatar_id=avatar_id,
+            deployment=deployment,
+            purpose=purpose,
+            want_voice=want_voice,
+            actor=actor,
+        )
+        if not decision.allowed or decision.grant_id is None:
+            return decision
+        record = await asyncio.to_thread(gate.store.grant, decision.grant_id)
+        while utcnow() < record.grant.expires_at:
+            await asyncio.sleep(every_s)
+            epoch = await asyncio.to_thread(gate.epoch)
+            if epoch != seen:
+                seen = epoch
+                break
+
+
+__all__ = ["ConsentGate", "Decision", "check", "watch_grant"]

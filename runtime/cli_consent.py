@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from runtime.cli_accounts import guardian_app, user_app
 from runtime.cli_common import (
     check_output,
     err_console,
@@ -20,6 +21,8 @@ from runtime.cli_common import (
 )
 
 consent_app = typer.Typer(help="Grants, revocations and the audit log.", no_args_is_help=True)
+consent_app.add_typer(user_app, name="user")
+consent_app.add_typer(guardian_app, name="guardian")
 
 
 def _gate() -> Any:  # consent.gate.ConsentGate
@@ -103,6 +106,32 @@ def verify_log() -> None:
     out.print("audit log intact")
 
 
+@consent_app.command("sweep")
+@handle_errors
+def sweep(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="only show what would be deleted")
+    ] = False,
+) -> None:
+    """Delete the data of consents that expired more than consent.retention_days ago.
+
+    Prints what was (or would be) deleted as JSON. The server also runs this every
+    consent.sweep_interval_s.
+    """
+    from datetime import timedelta
+
+    settings = state.load()
+    store = _gate().store
+    report = store.sweep(retention=timedelta(days=settings.consent.retention_days), dry_run=dry_run)
+    what = "would delete" if dry_run else "deleted"
+    err_console.print(
+        f"{what}: {len(report.purged_subjects)} subject(s), {len(report.avatars)} avatar(s)",
+        markup=False,
+        highlight=False,
+    )
+    out.print_json(json.dumps(report.to_json()))
+
+
 @consent_app.command("export")
 @handle_errors
 def export(
@@ -122,3 +151,64 @@ def export(
     }
     check_output(output).write_text(json.dumps(data, indent=2, default=str))
     err_console.print(f"wrote {output}", markup=False, highlight=False)
+
+
+@consent_app.command("detect-watermark")
+@handle_errors
+def detect_watermark(
+    image: Annotated[Path, typer.Argument(help="a frame: PNG, JPEG, a screenshot of the video")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Read the invisible watermark of a frame: its grant id, or "synthetic".
+
+    Exit 0 with the grant id (or "synthetic") and a confidence; exit 1 with "no likeness
+    watermark found" when the image carries no mark of this data dir's key.
+    """
+    from avatar.face.images import read_image
+    from consent.watermark import detect
+    from consent.watermark_key import WatermarkKey, key_dir
+    from runtime.errors import InputError
+
+    pixels = read_image(image)
+    settings = state.load()
+    key = WatermarkKey.load(key_dir(settings.data_dir), create=False)
+    grant_ids = [record.grant.id for record in _gate().store.all_grants()]
+    try:
+        found = detect(key, pixels, grant_ids)
+    except ValueError as err:  # e.g. an image too small to carry a mark
+        raise InputError(f"{image}: {err}") from None
+    confidence = 1.0 - found.false_match
+    if as_json:
+        out.print_json(
+            json.dumps(
+                {
+                    "found": found.found,
+                    "grant_id": found.grant_id,
+                    "synthetic": found.synthetic,
+                    "confidence": confidence if found.found else 0.0,
+                    "false_match": found.false_match,
+                    "score": round(found.score, 2),
+                    "needed": round(found.needed, 2),
+                    "present": found.present,
+                }
+            )
+        )
+    elif found.found:
+        what = "synthetic (made by likeness, no grant)" if found.synthetic else found.grant_id
+        out.print(
+            f"{what}  confidence {confidence:.9f} (chance of a false match <= "
+            f"{found.false_match:.1e}; score {found.score:.1f}, needed {found.needed:.1f})",
+            markup=False,
+            highlight=False,
+        )
+    elif found.present:
+        out.print(
+            "no likeness watermark found for any grant in this store, but the image carries "
+            "a mark of this server's key (a purged grant?)",
+            markup=False,
+            highlight=False,
+        )
+    else:
+        out.print("no likeness watermark found", markup=False, highlight=False)
+    if not found.found:
+        raise typer.Exit(1)

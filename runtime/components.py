@@ -7,6 +7,8 @@ components' own option dataclasses, so each component stays free of the config.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.config import Settings
@@ -116,17 +118,57 @@ def tts_options(settings: Settings, backend: str) -> object:
     return None
 
 
+def clones_voice(settings: Settings) -> bool:
+    """True when the configured TTS speaks in a cloned voice (coqui with a reference)."""
+    return settings.tts.backend == "coqui" and bool(settings.tts.coqui_reference)
+
+
+def clone_voice_id(settings: Settings) -> str | None:
+    """Whose voice the cloned TTS speaks in, for the voice consent gate.
+
+    It is the server's default face (``server.avatar``, a prepared photo's id): the
+    reference recording must be of that person, and that avatar's grant must allow the
+    voice. None for the synthetic face: no grant can cover that, so no clone is allowed.
+    """
+    from runtime.animation import SYNTHETIC_REF
+
+    avatar = settings.server.avatar
+    return None if not avatar or avatar == SYNTHETIC_REF else avatar
+
+
+def voice_clone_gate(settings: Settings, gate) -> VoiceCloneGate:
+    """The voice consent hook to hand to :func:`load_tts`.
+
+    ``gate.voice_clone_gate`` for ``consent.deployment`` when the TTS clones a voice
+    (see :func:`clones_voice`); otherwise :func:`voice.tts.base.deny_all_clones`.
+    """
+    if gate is None or not clones_voice(settings):
+        return deny_all_clones
+    return gate.voice_clone_gate(settings.consent.deployment)
+
+
 async def load_tts(
     settings: Settings, backend: str | None = None, clone_gate: VoiceCloneGate = deny_all_clones
 ) -> TTSBackend:
     """Load the configured TTS backend in a worker thread.
 
-    ``clone_gate`` is the voice-consent hook: only a cloning backend (coqui) asks it.
+    ``clone_gate`` is the voice-consent hook (build it with :func:`voice_clone_gate`):
+    only a cloning backend (coqui) asks it, for the voice of :func:`clone_voice_id` and
+    the purpose ``consent.purpose``, before loading and before every sentence.
+
+    Raises:
+        voice.errors.ConsentRequiredError: coqui, and the gate refused the voice.
     """
     from voice.tts.registry import load_tts as load
 
     name = backend or settings.tts.backend
-    extra = {"clone_gate": clone_gate} if name == "coqui" else {}
+    extra = {}
+    if name == "coqui":
+        extra = {
+            "clone_gate": clone_gate,
+            "voice_id": clone_voice_id(settings),
+            "purpose": settings.consent.purpose,
+        }
     return await asyncio.to_thread(load, name, tts_options(settings, name), **extra)
 
 
@@ -197,9 +239,27 @@ def alert_sinks(settings: Settings) -> list[AlertSink]:
     return sinks
 
 
-def consent_gate(settings: Settings):  # -> consent.gate.ConsentGate
+def prepared_avatar_purger(settings: Settings):  # -> consent.store.Purger
+    """A store purger that deletes the prepared avatars (``<data dir>/avatars/<id>``) of
+    purged subjects and of photos that lost their grant."""
+    from avatar.errors import ImageInputError
+    from avatar.store import AvatarStore
+
+    avatars = AvatarStore(settings.avatars_dir)
+
+    def purge(subject_id: str, avatar_ids: tuple[str, ...]) -> None:
+        for avatar_id in avatar_ids:
+            with contextlib.suppress(ImageInputError):  # not an avatar id: nothing stored
+                avatars.delete(avatar_id)
+
+    return purge
+
+
+def consent_gate(settings: Settings, purgers: Sequence = ()):  # -> consent.gate.ConsentGate
     """The consent gate over the configured store (migrated) and the signing keys.
 
+    The store deletes the prepared avatars of whatever it purges
+    (:func:`prepared_avatar_purger`), then runs ``purgers`` (e.g. the server's cache).
     Blocking (opens the database, may create keys): call from a worker thread.
     """
     from consent.gate import ConsentGate
@@ -207,5 +267,7 @@ def consent_gate(settings: Settings):  # -> consent.gate.ConsentGate
     from consent.store import ConsentStore
 
     url = settings.consent.database_url.get_secret_value() or None
-    store = ConsentStore.open(settings.data_dir, url=url)
+    store = ConsentStore.open(
+        settings.data_dir, url=url, purgers=(prepared_avatar_purger(settings), *purgers)
+    )
     return ConsentGate(store, SigningKeys.load(settings.data_dir / "consent" / "signing"))

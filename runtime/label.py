@@ -1,10 +1,14 @@
-"""The visible "AI-generated" mark on every frame a session sends.
+"""The visible "AI-generated" mark on every frame a session sends (and the invisible one).
 
 The patch is drawn once per frame size; per frame it is one small alpha blend on a
-copy of the frame (the generator's own image is never changed).
+copy of the frame (the generator's own image is never changed). :class:`FrameStamp`
+puts both marks on a frame in one place: the label, then the invisible watermark
+(``consent.watermark``) that carries the grant id, or "synthetic".
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -46,3 +50,36 @@ class AiLabel:
     def box(self) -> tuple[slice, slice]:
         """Rows and columns of the label (for tests and detectors)."""
         return slice(self.y0, self.y0 + self.height), slice(self.x0, self.x0 + self.width)
+
+
+class InvisibleMark(Protocol):
+    """What :class:`FrameStamp` needs of a watermark (``consent.watermark.Watermark``)."""
+
+    payload: str
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """Mark ``image`` in place and return it."""
+        ...
+
+
+class FrameStamp:
+    """Both marks on every frame sent: the visible label, then the invisible watermark.
+
+    Args:
+        label: the visible "AI-generated" label.
+        watermark: the invisible grant-id mark; None when ``consent.watermark`` is off.
+
+    Call :meth:`apply` on each frame before it is queued; swap :attr:`watermark` when the
+    session goes on under another grant.
+    """
+
+    def __init__(self, label: AiLabel, watermark: InvisibleMark | None = None) -> None:
+        self.label = label
+        self.watermark = watermark
+
+    def apply(self, image: np.ndarray) -> np.ndarray:
+        """A labelled, watermarked copy of ``image`` (one copy, one blend, one add)."""
+        out = self.label.apply(image)
+        if self.watermark is not None:
+            self.watermark.apply(out)
+        return out

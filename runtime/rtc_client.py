@@ -97,10 +97,12 @@ class CompanionClient:
         avatar: str | None = None,
         keep_video: bool = True,
         profile: str | None = None,
+        deployment: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.avatar = avatar
         self.profile = profile
+        self.deployment = deployment
         self.mic = SpeechTrack()
         self.pc = RTCPeerConnection()
         self.got = Received(keep_video=keep_video)
@@ -140,6 +142,8 @@ class CompanionClient:
             body["avatar"] = self.avatar
         if self.profile:
             body["profile"] = self.profile
+        if self.deployment:
+            body["deployment"] = self.deployment
         async with httpx.AsyncClient(timeout=http_timeout_s) as http:
             response = await http.post(f"{self.base_url}/api/rtc/offer", json=body)
             response.raise_for_status()

@@ -20,6 +20,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -40,12 +41,17 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatar.types import PreparedAvatar
+from consent.gate import watch_grant
+from consent.portal import deployment_allows, for_gate
+from consent.portal import mount as portal_mount
+from consent.retention import SweepReport, sweep_forever
 from runtime import components
 from runtime.animation import SYNTHETIC_REF, resolve_avatar, store
 from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
 from runtime.session import ConsentUse, Session, SharedModels, event_json
+from voice.errors import VoiceError
 from web import STATIC_DIR
 
 log = get_logger("likeness.server")
@@ -81,6 +87,15 @@ class Metrics:
             self.latency.labels(stage=stage).observe(ms / 1000)
 
 
+def _log_sweep(report: SweepReport) -> None:
+    if report.changed:
+        log.info(
+            "retention sweep deleted expired consent data",
+            subjects=len(report.purged_subjects),
+            avatars=len(report.avatars),
+        )
+
+
 class OfferError(Exception):
     """An offer that cannot be served; ``status`` is the HTTP code."""
 
@@ -103,6 +118,9 @@ class Companion:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._voices: dict[bool, Any] = {}  # TTS voices by eldercare (slow speech) setting
+        self._clone_gate: Any = None  # the voice consent hook handed to load_tts
+        self._voice_withdrawn = False  # the cloned voice was refused: stock voice from now on
+        self._consent_tasks: list[asyncio.Task] = []  # retention sweep, voice consent
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -110,13 +128,35 @@ class Companion:
         task.add_done_callback(self._tasks.discard)
 
     async def load(self) -> None:
-        """Load the shared models (call once at start-up)."""
+        """Load the shared models (call once at start-up) and start the consent tasks.
+
+        A cloned TTS voice (coqui) loads only with a voice grant of ``server.avatar`` for
+        ``consent.deployment``; the retention sweep runs now and every
+        ``consent.sweep_interval_s``. :meth:`shutdown` stops both.
+        """
         s = self.settings
+        self.gate = await asyncio.to_thread(components.consent_gate, s, (self._forget_avatars,))
+        self._clone_gate = components.voice_clone_gate(s, self.gate)
         asr = await asyncio.to_thread(components.load_asr, s)
-        tts = await components.load_tts(s)
+        tts = await components.load_tts(s, clone_gate=self._clone_gate)
         dialogue = await components.load_dialogue(s)
         self.models = SharedModels(asr, tts, dialogue, components.distress_detector(s))
-        self.gate = await asyncio.to_thread(components.consent_gate, s)
+        self._consent_tasks = [
+            asyncio.create_task(
+                sweep_forever(
+                    self.gate.store,
+                    retention=timedelta(days=s.consent.retention_days),
+                    every_s=s.consent.sweep_interval_s,
+                    on_report=_log_sweep,
+                    on_error=lambda err: log.error("retention sweep failed", error=str(err)),
+                ),
+                name="retention-sweep",
+            )
+        ]
+        if components.clones_voice(s):
+            self._consent_tasks.append(
+                asyncio.create_task(self._watch_voice(), name="voice-consent")
+            )
         # Kiosk profiles may ask for the other voice (slow speech): load it now, not
         # while a kiosk waits for its answer.
         for profile in (s.kiosk, *s.kiosk.profiles.values()):
@@ -125,10 +165,56 @@ class Companion:
         log.info("ready", host=s.server.host, port=s.server.port)
 
     async def shutdown(self) -> None:
+        for task in self._consent_tasks:
+            task.cancel()
+        await asyncio.gather(*self._consent_tasks, return_exceptions=True)
         for session_id in list(self.sessions):
             await self.end(session_id, "server shutting down")
         if self.models is not None:
             await self.models.dialogue.aclose()
+        if self.gate is not None:
+            self.gate.store.close()
+
+    def _forget_avatars(self, _subject_id: str, avatar_ids: tuple[str, ...]) -> None:
+        """Store purger: drop purged faces from the in-memory cache (any thread)."""
+        for avatar_id in avatar_ids:
+            self._avatars.pop(avatar_id, None)
+
+    async def _watch_voice(self) -> None:
+        """The cloned voice's consent: once refused, no session speaks in it again.
+
+        Policy (the safer of the two): every live session ends at once, as when a face's
+        grant is revoked, because all of them speak in the shared cloned voice; sessions
+        started later speak in the stock Piper voice. The coqui backend also asks the
+        gate before every sentence, so a reply in progress stops at the next sentence.
+        """
+        s = self.settings
+        refusal = await watch_grant(
+            self.gate,
+            avatar_id=components.clone_voice_id(s) or "",
+            deployment=s.consent.deployment,
+            purpose=s.consent.purpose,
+            want_voice=True,
+            every_s=s.consent.recheck_ms / 1000,
+            actor="tts",
+        )
+        log.warning("voice permission withdrawn", reason=refusal.reason)
+        for session, _pc in list(self.sessions.values()):
+            await session.withdraw(f"voice: {refusal.reason}")
+        stock = {}
+        try:
+            for eldercare in (False, True):
+                persona = s.persona.model_copy(update={"eldercare": eldercare})
+                stock[eldercare] = await components.load_tts(
+                    s.model_copy(update={"persona": persona}), "piper"
+                )
+        except VoiceError as err:  # the cloned voice still refuses every sentence
+            log.error("no stock voice to fall back to", error=str(err))
+            return
+        self._voices = stock
+        self._voice_withdrawn = True
+        if self.models is not None:
+            self.models = replace(self.models, tts=stock[s.persona.eldercare])
 
     def avatar(self, ref: str) -> PreparedAvatar:
         """A face clients may ask for: the synthetic one, or an allow-listed prepared id."""
@@ -170,7 +256,9 @@ class Companion:
         if eldercare == self.settings.persona.eldercare:
             return self.models
         if eldercare not in self._voices:
-            self._voices[eldercare] = await components.load_tts(settings)
+            self._voices[eldercare] = await components.load_tts(
+                settings, clone_gate=self._clone_gate
+            )
         return replace(self.models, tts=self._voices[eldercare])
 
     async def offer(self, body: dict[str, Any]) -> dict[str, str]:
@@ -195,6 +283,24 @@ class Companion:
             if not decision.allowed:
                 self.metrics.refused.labels(reason="consent").inc()
                 raise OfferError(403, f"no permission to use this face: {decision.reason}")
+            listed = await asyncio.to_thread(
+                deployment_allows, self.gate.store, deployment, face.id
+            )
+            if listed is False:  # a registered deployment whose operator did not list this face
+                self.metrics.refused.labels(reason="consent").inc()
+                raise OfferError(403, f"deployment {deployment!r} is not set up to show this face")
+        if components.clones_voice(settings) and self._clone_gate is not None:
+            voice = await asyncio.to_thread(  # the cloned voice's grant must cover this place
+                self.gate.check,
+                avatar_id=components.clone_voice_id(settings) or "",
+                deployment=deployment,
+                purpose=settings.consent.purpose,
+                want_voice=True,
+                actor="tts",
+            )
+            if not voice.allowed and not self._voice_withdrawn:
+                self.metrics.refused.labels(reason="consent").inc()
+                raise OfferError(403, f"no permission to use this voice here: {voice.reason}")
         models = await self._models_for(settings)
         async with self._lock:
             if len(self.sessions) >= self.settings.server.max_sessions:
@@ -422,6 +528,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/api/config", config),
             Route("/health", health),
             Route("/metrics", metrics),
+            portal_mount(for_gate(settings, lambda: companion.gate)),  # /api/consent
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
         ],
         lifespan=lifespan,

@@ -32,13 +32,15 @@ import numpy as np
 from avatar.errors import AvatarError
 from avatar.procedural.generator import ProceduralGenerator
 from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
+from consent.watermark import Watermark, payload_of
+from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
 from runtime.animation import generator_options
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
-from runtime.label import AiLabel
+from runtime.label import AiLabel, FrameStamp
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut, inbound_audio
 from runtime.safety import DistressDetector
@@ -68,20 +70,34 @@ class SharedModels:
     detector: DistressDetector | None
 
 
-@dataclass(frozen=True)
+@dataclass
 class ConsentUse:
-    """What a session showing a real person's face may do, and how to re-check it."""
+    """What a session showing a real person's face may do, and how to re-check it.
+
+    Call :meth:`check` before building the :class:`Session`: an allowed decision sets
+    :attr:`grant_id`, the grant whose id the session's frames carry in their watermark.
+    """
 
     gate: Any  # consent.gate.ConsentGate
     avatar_id: str
     deployment: str
     purpose: str
+    grant_id: str | None = field(default=None, compare=False)  # set by an allowed check()
+    expires_at: float = field(default=float("inf"), compare=False)  # that grant's expiry
 
     def check(self) -> Any:
-        """The gate's decision now (blocking: a database read)."""
-        return self.gate.check(
+        """The gate's decision now (blocking: database reads); remembers the grant used
+        and when it expires (an expiry moves no revocation epoch, so the session watches
+        the time too)."""
+        decision = self.gate.check(
             avatar_id=self.avatar_id, deployment=self.deployment, purpose=self.purpose
         )
+        if decision.allowed:
+            self.grant_id = decision.grant_id
+            if decision.grant_id is not None:
+                grant = self.gate.store.grant(decision.grant_id).grant
+                self.expires_at = grant.expires_at.timestamp()
+        return decision
 
 
 @dataclass
@@ -139,8 +155,10 @@ class Session:
         self.audio_out = AudioOut(self.clock)
         self.generator = ProceduralGenerator.load(avatar, options)
         self.label = AiLabel(options.size)  # every frame sent says what it is
+        # ... visibly, and invisibly: the grant id (or "synthetic") in a watermark.
+        self.stamp = FrameStamp(self.label, self._watermark(self._grant_id()))
         self.video_out = VideoOut(
-            self.clock, fps=self.fps, initial=self.label.apply(self._rest_image())
+            self.clock, fps=self.fps, initial=self.stamp.apply(self._rest_image())
         )
         self.audio_out.on_first_speech = self._audio_started
         self.video_out.on_frame_sent = self._frame_sent
@@ -158,6 +176,23 @@ class Session:
         self._latency: dict[int, TurnLatency] = {}
         self._generator_alive = True
         self._timers: list[asyncio.TimerHandle] = []  # reply captions due when spoken
+
+    def _grant_id(self) -> str | None:
+        """The grant the face is shown under (None: the synthetic avatar)."""
+        if self.consent is None:
+            if not self.avatar.synthetic:
+                raise ValueError("a real person's face needs a ConsentUse (consent=...)")
+            return None
+        if self.consent.grant_id is None:
+            raise ValueError("call ConsentUse.check() (and get an allowed decision) first")
+        return self.consent.grant_id
+
+    def _watermark(self, grant_id: str | None) -> Watermark | None:
+        """The invisible mark for ``grant_id`` (blocking: reads the key; ~5 ms)."""
+        if not self.settings.consent.watermark:
+            return None
+        key = WatermarkKey.load(key_dir(self.settings.data_dir))
+        return Watermark.make(key, grant_id, self.generator.size)
 
     def _rest_image(self) -> np.ndarray:
         """The face at rest, at the output size: shown until the first frame."""
@@ -221,7 +256,8 @@ class Session:
             self._on_close(self.id)
 
     async def _watch_consent(self, consent: ConsentUse) -> None:
-        """Poll the revocation epoch; when it moves, re-check and withdraw if refused."""
+        """Poll the revocation epoch; when it moves or the grant expires, re-check and
+        withdraw if refused."""
         every = self.settings.consent.recheck_ms / 1000
         seen = await asyncio.to_thread(consent.gate.epoch)
         await asyncio.to_thread(
@@ -235,13 +271,19 @@ class Session:
             while not self.closed.is_set():
                 await asyncio.sleep(every)
                 epoch = await asyncio.to_thread(consent.gate.epoch)
-                if epoch == seen:
+                if epoch == seen and time.time() < consent.expires_at:
                     continue
                 seen = epoch
                 decision = await asyncio.to_thread(consent.check)
                 if not decision.allowed:
                     await self.withdraw(decision.reason)
                     return
+                mark = self.stamp.watermark
+                if mark is not None and payload_of(decision.grant_id) != mark.payload:
+                    # Still allowed, under another grant: the frames now carry that one.
+                    self.stamp.watermark = await asyncio.to_thread(
+                        self._watermark, decision.grant_id
+                    )
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(
@@ -432,7 +474,7 @@ class Session:
                         at = segment.anchor + (frame.pts - segment.first_pts)
                 if self._withdrawn:
                     return
-                self.video_out.put(self.label.apply(frame.image), at, tag)
+                self.video_out.put(self.stamp.apply(frame.image), at, tag)
                 next_free = at + 1.0 / self.fps
                 ahead = at - self.clock.now()
                 limit = SPEAKING_AHEAD_S if frame.speaking else IDLE_AHEAD_S

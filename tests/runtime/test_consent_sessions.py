@@ -46,7 +46,7 @@ def world(tmp_path_factory):
     server.stop()
 
 
-def grant(store, subject_id, face, deployments=("browser-chat",)):
+def grant(store, subject_id, face, deployments=("browser-chat",), lasts=timedelta(days=1)):
     from consent.keys import SigningKeys
     from consent.store import utcnow
 
@@ -66,7 +66,7 @@ def grant(store, subject_id, face, deployments=("browser-chat",)):
         avatar_id=face.id,
         deployments=list(deployments),
         purposes=["companionship"],
-        expires_at=utcnow() + timedelta(days=1),
+        expires_at=utcnow() + lasts,
         liveness_id=live.id,
     )
 
@@ -100,6 +100,43 @@ async def test_revoke_ends_a_live_session_within_a_second(world):
     after = [image for t, image in client.got.video if t >= ended_at + 0.2]
     assert all(image.mean() < 5 for image in after), "no frame of the face after the revoke"
     print(f"revoke → session ended in {1000 * (ended_at - revoked_at):.0f} ms")
+
+
+async def test_expiry_ends_a_live_session(world):
+    """An expiry moves no revocation epoch; the session watches the grant's time too."""
+    server, store, subject_id, face = world
+    issued = await asyncio.to_thread(grant, store, subject_id, face, lasts=timedelta(seconds=5))
+    async with CompanionClient(server.url, avatar=face.id) as client:
+        await client.wait_for("state", 10, state="listening")
+        ended = await client.wait_for("state", 10, state="ended")
+        ended_at = client.got.first("state", state="ended")
+    late = ended_at + (time.time() - time.monotonic()) - issued.expires_at.timestamp()
+    assert ended["reason"] == "permission withdrawn"
+    assert -0.1 <= late <= 1.0, f"ended {late:+.2f} s after the expiry"
+    print(f"expiry → session ended {1000 * late:.0f} ms later")
+
+
+def test_a_registered_deployment_shows_only_the_faces_its_operator_listed(world):
+    from consent.portal.deployments import save_deployment
+
+    server, store, subject_id, face = world
+    grant(store, subject_id, face, deployments=("kiosk-east",))
+    save_deployment(
+        store, name="kiosk-east", description="east wing", avatars=[], by="op", create=True
+    )
+    with pytest.raises(httpx.HTTPStatusError) as info:
+        asyncio.run(CompanionClient(server.url, avatar=face.id, deployment="kiosk-east").connect())
+    assert info.value.response.status_code == 403
+    assert "not set up to show this face" in info.value.response.json()["error"]
+    save_deployment(
+        store, name="kiosk-east", description="", avatars=[face.id], by="op", create=False
+    )
+
+    async def connects() -> str:
+        async with CompanionClient(server.url, avatar=face.id, deployment="kiosk-east") as c:
+            return (await c.wait_for("state", 10, state="listening"))["state"]
+
+    assert asyncio.run(connects()) == "listening"
 
 
 def test_operator_commands(world, tmp_path):
