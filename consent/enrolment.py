@@ -457,19 +457,26 @@ class Enrolment:
         return None
 
     def sweep_clips(self, now: float) -> int:
-        """Delete every kept clip whose retention ended at or before ``now``.
+        """Delete every kept clip whose retention ended at or before ``now`` (see
+        :func:`sweep_clips`)."""
+        return sweep_clips(self.store, now)
 
-        Run it with the store's retention sweep. Returns how many were deleted.
-        """
-        if self.store.files_dir is None or not self.store.files_dir.exists():
-            return 0
-        deleted = 0
-        for path in self.store.files_dir.glob("*/clips/clip-*.enc"):
-            match = _CLIP_NAME.match(path.name)
-            if match and float(match.group(2)) <= now:
-                path.unlink(missing_ok=True)
-                deleted += 1
-        return deleted
+
+def sweep_clips(store: ConsentStore, now: float) -> int:
+    """Delete every kept liveness clip of ``store`` whose retention ended by ``now``.
+
+    Needs no loaded models: the retention sweep (``consent.retention.sweep_forever``,
+    ``likeness consent sweep``) calls it. Returns how many were deleted.
+    """
+    if store.files_dir is None or not store.files_dir.exists():
+        return 0
+    deleted = 0
+    for path in store.files_dir.glob("*/clips/clip-*.enc"):
+        match = _CLIP_NAME.match(path.name)
+        if match and float(match.group(2)) <= now:
+            path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted
 
 
 def _sentence(text: str) -> str:
@@ -486,4 +493,5 @@ __all__ = [
     "EnrolmentOptions",
     "face_options",
     "result_json",
+    "sweep_clips",
 ]

@@ -30,6 +30,7 @@ server does).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -179,6 +180,22 @@ class SweepReport:
         }
 
 
+def sweep_all(store: ConsentStore, retention: timedelta, dry_run: bool = False) -> SweepReport:
+    """One whole retention sweep (blocking): the store's grants and subjects
+    (:meth:`ConsentStore.sweep`), then the liveness clips whose keeping time ended and
+    the challenges that expired unused more than a day ago.
+    """
+    from consent.enrolment import sweep_clips
+    from consent.liveness.nonces import DatabaseNonceBook
+
+    report = store.sweep(retention=retention, dry_run=dry_run)
+    if not dry_run:
+        now = time.time()
+        sweep_clips(store, now)
+        DatabaseNonceBook(store.engine).purge_expired(now)
+    return report
+
+
 async def sweep_forever(
     store: ConsentStore,
     *,
@@ -189,14 +206,14 @@ async def sweep_forever(
 ) -> None:
     """Sweep now, then every ``every_s`` seconds, until cancelled.
 
-    Each sweep runs in a worker thread. A failed sweep (``ConsentError``, e.g. the
-    database is down) is handed to ``on_error`` and tried again at the next interval;
-    other exceptions end the task. Cancel the task to stop it (the server does so on
-    shutdown).
+    Each sweep (:func:`sweep_all`) runs in a worker thread. A failed sweep
+    (``ConsentError``, e.g. the database is down) is handed to ``on_error`` and tried
+    again at the next interval; other exceptions end the task. Cancel the task to stop
+    it (the server does so on shutdown).
     """
     while True:
         try:
-            report = await asyncio.to_thread(store.sweep, retention=retention)
+            report = await asyncio.to_thread(sweep_all, store, retention)
         except ConsentError as err:
             if on_error is not None:
                 on_error(err)
@@ -215,5 +232,6 @@ __all__ = [
     "SubjectPlan",
     "SweepReport",
     "plan_subject",
+    "sweep_all",
     "sweep_forever",
 ]

@@ -8,11 +8,13 @@ then these commands only work on files the operator already has.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from avatar.synthetic import make_demo_avatar
 from avatar.types import PreparedAvatar
 from runtime import components
 from runtime.config import Settings
-from runtime.errors import InputError
+from runtime.errors import ConfigError, InputError
 from voice.audio import read_audio
 from voice.types import Timing
 
@@ -46,6 +48,87 @@ def face_options(settings: Settings) -> FaceOptions:
 def generator_options(settings: Settings) -> ProceduralOptions:
     a = settings.avatar
     return ProceduralOptions(fps=a.fps, size=a.size, sway=a.sway)
+
+
+def neural_options(settings: Settings) -> Any:  # -> avatar.pipelines.neural.NeuralOptions
+    """The neural generator's options from ``[avatar]`` (model sizes come from the model)."""
+    from avatar.pipelines.neural import NeuralOptions
+
+    a = settings.avatar
+    return NeuralOptions(
+        fps=a.fps,
+        size=a.size,
+        seed=a.seed,
+        audio_weight=a.audio_weight,
+        identity_weight=a.identity_weight,
+    )
+
+
+def load_avatar_engine(settings: Settings) -> Any:  # -> BatchScheduler | None
+    """The shared neural model of a process (None for the procedural backend).
+
+    Loads ``avatar.checkpoint`` with ``avatar.runtime`` on ``avatar.device`` and wraps it
+    in the batch scheduler every session shares. Blocking (seconds for big models): call
+    it once at start-up, in a worker thread from async code; ``await engine.aclose()``
+    at shutdown.
+
+    Raises:
+        ConfigError: no checkpoint given, or one that cannot be used (the message names
+            ``avatar.checkpoint`` and why), or options that do not fit the model.
+    """
+    a = settings.avatar
+    if a.backend != "neural":
+        return None
+    if not a.checkpoint:
+        raise ConfigError(
+            "avatar.backend = 'neural' needs avatar.checkpoint: a save_pretrained folder or "
+            ".safetensors file of a trained generator (LIKENESS_AVATAR__CHECKPOINT=PATH)"
+        )
+    from avatar.errors import AvatarError
+    from avatar.errors import ModelNotFoundError as AvatarModelNotFoundError
+    from avatar.models.errors import CheckpointError, ModelConfigError
+    from avatar.pipelines.runner import load_runner
+    from avatar.pipelines.scheduler import BatchScheduler
+
+    path = Path(a.checkpoint).expanduser()
+    options: dict[str, Any] = {"steps": a.steps}
+    if a.runtime == "torch":
+        options["device"] = a.device
+    try:
+        runner = load_runner(a.runtime, path, **options)
+        if abs(runner.spec.fps - a.fps) > 1e-6:
+            raise ModelConfigError(f"the model makes {runner.spec.fps:g} fps video, not {a.fps:g}")
+    except (AvatarModelNotFoundError, CheckpointError, ModelConfigError) as err:
+        raise ConfigError(f"avatar.checkpoint={str(path)!r} cannot be used: {err}") from None
+    except AvatarError as err:
+        raise ConfigError(f"avatar.runtime={a.runtime!r} cannot run {path}: {err}") from None
+    return BatchScheduler(runner)
+
+
+def avatar_generator(settings: Settings, avatar: PreparedAvatar, engine: Any = None) -> Any:
+    """A generator for one session, chosen by ``avatar.backend``.
+
+    Args:
+        settings: the effective config.
+        avatar: the consent-approved (or synthetic) face.
+        engine: for the neural backend, the shared model from :func:`load_avatar_engine`.
+
+    Returns:
+        An :class:`avatar.base.AvatarGenerator` (procedural or neural).
+
+    Raises:
+        ConfigError: the neural backend without an engine.
+        ImageInputError: the avatar cannot be animated.
+    """
+    if settings.avatar.backend != "neural":
+        from avatar.procedural.generator import ProceduralGenerator
+
+        return ProceduralGenerator.load(avatar, generator_options(settings))
+    if engine is None:
+        raise ConfigError("avatar.backend = 'neural' but no neural model was loaded")
+    from avatar.pipelines.neural import NeuralGenerator
+
+    return NeuralGenerator.load(avatar, neural_options(settings), engine)
 
 
 def store(settings: Settings) -> AvatarStore:
@@ -122,15 +205,30 @@ def animate_to_file(
 ) -> ClipResult:
     """Render the whole utterance and write an mp4 with the audio muxed in."""
     options = generator_options(settings)
-    started = time.perf_counter()
-    frames = render_clip(
-        avatar, speech.pcm, speech.sample_rate, list(speech.timings) or None, options
-    )
+    timings = list(speech.timings) or None
+    if settings.avatar.backend == "neural":
+        engine = load_avatar_engine(settings)
+        started = time.perf_counter()
+        frames = asyncio.run(_neural_clip(settings, avatar, speech, engine))
+    else:
+        started = time.perf_counter()
+        frames = render_clip(avatar, speech.pcm, speech.sample_rate, timings, options)
     render_s = time.perf_counter() - started
     write_mp4(output, frames, options.fps, speech.pcm, speech.sample_rate, on_frame=on_frame)
     if landmarks is not None:
         write_landmarks(landmarks, frames, options.fps)
     return ClipResult(output, len(frames), len(frames) / options.fps, render_s, landmarks)
+
+
+async def _neural_clip(settings: Settings, avatar: PreparedAvatar, speech: Speech, engine: Any):
+    from avatar.pipelines.neural import generate_clip
+
+    try:
+        timings = list(speech.timings) or None
+        options = neural_options(settings)
+        return await generate_clip(avatar, speech.pcm, speech.sample_rate, timings, options, engine)
+    finally:
+        await engine.aclose()
 
 
 def pin_to_one_core() -> int:

@@ -29,6 +29,7 @@ from runtime.cli_common import (
     write_bench,
 )
 from runtime.cli_consent import consent_app
+from runtime.cli_export import export_app
 from runtime.cli_train import train_app
 from runtime.config import masked_dump
 from runtime.errors import ConfigError, InputError
@@ -47,6 +48,7 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(consent_app, name="consent")
 app.add_typer(train_app, name="train")
+app.add_typer(export_app, name="export")
 register_avatar_commands(app, bench_app)
 
 

@@ -64,7 +64,12 @@ def _progress() -> Progress:
 
 
 def _animate(
-    face: str, audio: Path | None, say: str | None, output: Path, landmarks: Path | None
+    face: str,
+    audio: Path | None,
+    say: str | None,
+    output: Path,
+    landmarks: Path | None,
+    backend: str | None = None,
 ) -> None:
     from runtime.animation import (
         animate_to_file,
@@ -76,6 +81,9 @@ def _animate(
     if (audio is None) == (say is None):
         raise InputError("give either an audio file or --say TEXT")
     settings = state.load()
+    if backend is not None and backend != settings.avatar.backend:
+        avatar_config = settings.avatar.model_copy(update={"backend": backend})
+        settings = settings.model_copy(update={"avatar": avatar_config})
     check_output(output)
     avatar = resolve_avatar(settings, face)
     if audio is not None:
@@ -116,7 +124,7 @@ def synth(
     say: Annotated[str | None, typer.Option(help="speak this text instead of a file")] = None,
 ) -> None:
     """A synthetic talking clip for tests and training: mp4 + per-frame landmarks (.npz)."""
-    _animate(face, audio, say, output, output.with_suffix(".landmarks.npz"))
+    _animate(face, audio, say, output, output.with_suffix(".landmarks.npz"), "procedural")
 
 
 def animate(
@@ -124,12 +132,58 @@ def animate(
     audio: Annotated[Path | None, typer.Argument(help="speech (any rate)")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="video .mp4")] = Path("out.mp4"),
     say: Annotated[str | None, typer.Option(help="speak this text instead of a file")] = None,
-    backend: Annotated[str, typer.Option(help="generator")] = "procedural",
+    backend: Annotated[
+        str | None, typer.Option(help="procedural | neural (default: avatar.backend)")
+    ] = None,
 ) -> None:
-    """Animate a face from speech into an mp4 with the audio muxed in."""
-    if backend != "procedural":
-        raise InputError(f"unknown avatar backend {backend!r}; available: procedural")
-    _animate(face, audio, say, output, None)
+    """Animate a face from speech into an mp4 with the audio muxed in.
+
+    ``--backend neural`` needs ``avatar.checkpoint`` (LIKENESS_AVATAR__CHECKPOINT=PATH).
+    """
+    if backend not in (None, "procedural", "neural"):
+        raise InputError(f"unknown avatar backend {backend!r}; available: procedural, neural")
+    _animate(face, audio, say, output, None, backend)
+
+
+def _bench_neural(
+    json_path: Path | None,
+    seconds: float,
+    face: str,
+    size: str,
+    engine: str,
+    device: str,
+    streams: str,
+    checkpoint: str,
+    steps: int,
+) -> None:
+    """``bench avatar --backend neural``: all cores, a table per stream count, JSON."""
+    from avatar.bench_neural import (
+        NeuralBenchError,
+        NeuralBenchOptions,
+        bench_neural,
+        parse_streams,
+    )
+    from runtime.animation import resolve_avatar
+    from runtime.bench import machine_info
+
+    try:
+        counts = parse_streams(streams)
+        options = NeuralBenchOptions(size, engine, device, counts, seconds, steps, checkpoint)
+    except NeuralBenchError as err:
+        raise InputError(str(err)) from None
+    avatar = None if face == "synthetic" else resolve_avatar(state.load(), face)
+    result = bench_neural(options, avatar)
+    result = {"bench": "avatar", "machine": machine_info(), **result}
+    result["config"]["face"] = face
+    write_bench("avatar", result, json_path)
+    rows = [
+        [r["streams"], f"{r['fps_per_stream']:.1f}", f"{r['fps_total']:.1f}"]
+        + [f"{r['motion_ms_per_chunk']:.1f}", f"{r['render_ms_per_chunk']:.1f}"]
+        for r in result["scaling"]
+    ]
+    columns = ["streams", "fps/stream", "fps total", "motion ms/chunk", "render ms/chunk"]
+    print_table("batched streams", columns, rows)
+    err_console.print(f"weights: {result['config']['weights']}", markup=False, highlight=False)
 
 
 def bench_avatar(
@@ -137,15 +191,25 @@ def bench_avatar(
     backend: Annotated[str, typer.Option(help="generator")] = "procedural",
     seconds: Annotated[float, typer.Option(min=1, max=600, help="speech to render")] = 10.0,
     face: Annotated[str, typer.Option(help=FACE_HELP)] = "synthetic",
+    size: Annotated[str, typer.Option(help="neural: tiny | base | large")] = "tiny",
+    engine: Annotated[str, typer.Option("--runtime", help="neural: torch | onnx")] = "torch",
+    device: Annotated[str, typer.Option(help="neural: auto | cpu | cuda | cuda:N")] = "auto",
+    streams: Annotated[str, typer.Option(help="neural: concurrent streams")] = "1,2,4,8",
+    checkpoint: Annotated[str, typer.Option(help="neural: student; empty = random")] = "",
+    steps: Annotated[int, typer.Option(min=1, max=4, help="neural: student steps")] = 2,
 ) -> None:
-    """One CPU core: fps, per-frame ms p50/p95, first frame after first audio, CPU use."""
+    """Procedural: one CPU core, fps, frame ms, first frame, CPU use. Neural: fps per
+    stream and with 1-8 batched streams, first-chunk latency, ms per chunk, GFLOPs, memory."""
     from avatar.procedural.bench import bench_procedural
-
     from runtime.animation import generator_options, pin_to_one_core, resolve_avatar
     from runtime.bench import machine_info
 
+    if backend == "neural":
+        options = (size, engine, device, streams, checkpoint, steps)
+        _bench_neural(json_path, seconds, face, *options)
+        return
     if backend != "procedural":
-        raise InputError(f"unknown avatar backend {backend!r}; available: procedural")
+        raise InputError(f"unknown avatar backend {backend!r}; available: procedural, neural")
     settings = state.load()
     avatar = resolve_avatar(settings, face)
     core = pin_to_one_core()

@@ -120,9 +120,12 @@ def sweep(
     """
     from datetime import timedelta
 
+    from consent.retention import sweep_all
+
     settings = state.load()
     store = _gate().store
-    report = store.sweep(retention=timedelta(days=settings.consent.retention_days), dry_run=dry_run)
+    retention = timedelta(days=settings.consent.retention_days)
+    report = sweep_all(store, retention, dry_run=dry_run)
     what = "would delete" if dry_run else "deleted"
     err_console.print(
         f"{what}: {len(report.purged_subjects)} subject(s), {len(report.avatars)} avatar(s)",

@@ -25,8 +25,9 @@ train_app = typer.Typer(
     no_args_is_help=True,
 )
 
-# eSpeak NG voices and settings the synthetic corpus cycles through.
-_VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+f2", "en-us+m3", "en-gb-x-rp")
+# eSpeak NG voices and settings the synthetic corpus cycles through. Names as
+# espeak_SetVoiceByName finds them (the voice file's name: "en-gb" alone is not found).
+_VOICES = ("en-us", "en-gb-scotland", "en-us+f3", "en-gb-x-gbclan+f2", "en-us+m3", "en-gb-x-rp")
 
 
 def espeak_speaker() -> Callable[[str, int], Any]:

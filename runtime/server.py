@@ -46,7 +46,7 @@ from consent.portal import deployment_allows, for_gate
 from consent.portal import mount as portal_mount
 from consent.retention import SweepReport, sweep_forever
 from runtime import components
-from runtime.animation import SYNTHETIC_REF, resolve_avatar, store
+from runtime.animation import SYNTHETIC_REF, load_avatar_engine, resolve_avatar, store
 from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
@@ -137,10 +137,13 @@ class Companion:
         s = self.settings
         self.gate = await asyncio.to_thread(components.consent_gate, s, (self._forget_avatars,))
         self._clone_gate = components.voice_clone_gate(s, self.gate)
+        # The neural face model (avatar.backend = "neural") first: a bad checkpoint fails fast.
+        engine = await asyncio.to_thread(load_avatar_engine, s)
         asr = await asyncio.to_thread(components.load_asr, s)
         tts = await components.load_tts(s, clone_gate=self._clone_gate)
         dialogue = await components.load_dialogue(s)
-        self.models = SharedModels(asr, tts, dialogue, components.distress_detector(s))
+        detector = components.distress_detector(s)
+        self.models = SharedModels(asr, tts, dialogue, detector, avatar_engine=engine)
         self._consent_tasks = [
             asyncio.create_task(
                 sweep_forever(
@@ -172,6 +175,8 @@ class Companion:
             await self.end(session_id, "server shutting down")
         if self.models is not None:
             await self.models.dialogue.aclose()
+            if self.models.avatar_engine is not None:
+                await self.models.avatar_engine.aclose()
         if self.gate is not None:
             self.gate.store.close()
 

@@ -30,12 +30,11 @@ from typing import Any
 import numpy as np
 
 from avatar.errors import AvatarError
-from avatar.procedural.generator import ProceduralGenerator
 from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
 from consent.watermark import Watermark, payload_of
 from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
-from runtime.animation import generator_options
+from runtime.animation import avatar_generator, generator_options
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.errors import LikenessError
@@ -68,6 +67,7 @@ class SharedModels:
     tts: TTSBackend
     dialogue: DialogueBackend
     detector: DistressDetector | None
+    avatar_engine: Any = None  # neural backend: the shared model (runtime.animation)
 
 
 @dataclass
@@ -153,7 +153,7 @@ class Session:
         self.fps = options.fps
         self.clock = MediaClock()
         self.audio_out = AudioOut(self.clock)
-        self.generator = ProceduralGenerator.load(avatar, options)
+        self.generator = avatar_generator(settings, avatar, models.avatar_engine)
         self.label = AiLabel(options.size)  # every frame sent says what it is
         # ... visibly, and invisibly: the grant id (or "synthetic") in a watermark.
         self.stamp = FrameStamp(self.label, self._watermark(self._grant_id()))

@@ -71,6 +71,8 @@ class LivenessOptions:
         turn_deg: a turn counts when |yaw| passes this many degrees.
         return_deg: between two turns the head must come back within this many degrees
             of its resting yaw.
+        return_frames: and stay there for this many analysed frames in a row (one
+            noisy landmark frame in the middle of a turn does not split it in two).
         mirrored: the clip was recorded mirrored (left and right swapped).
         min_face_fraction: a face must be tracked in at least this share of frames.
         max_track_gap_s: a face the detector misses (a turned head) is followed by its
@@ -90,6 +92,7 @@ class LivenessOptions:
 
     turn_deg: float = 25.0
     return_deg: float = 12.0
+    return_frames: int = 2
     mirrored: bool = False
     min_face_fraction: float = 0.9
     max_track_gap_s: float = 1.0
@@ -105,6 +108,8 @@ class LivenessOptions:
     clip: ClipOptions = field(default_factory=ClipOptions)
 
     def __post_init__(self) -> None:
+        if self.return_frames < 1:
+            raise ValueError("LivenessOptions: return_frames must be at least 1")
         if not 0 < self.return_deg < self.turn_deg < 80:
             raise ValueError("LivenessOptions: need 0 < return_deg < turn_deg < 80")
         if not 0 < self.min_face_fraction <= 1:
@@ -427,7 +432,9 @@ def _detect_turns(yaw: np.ndarray, opts: LivenessOptions) -> list[tuple[str, flo
     rest = float(np.clip(np.median(valid), -10.0, 10.0))
     made: list[tuple[str, float]] = []
     current: str | None = None
+    settled = 0  # frames in a row back near rest
     for value in valid - rest:
+        settled = settled + 1 if abs(value) < opts.return_deg else 0
         side = None
         if value <= -opts.turn_deg:
             side = "left"  # negative yaw: the subject's left (unmirrored)
@@ -440,7 +447,7 @@ def _detect_turns(yaw: np.ndarray, opts: LivenessOptions) -> list[tuple[str, flo
             current = side
         elif side is not None and abs(value) > abs(made[-1][1]):
             made[-1] = (side, value)
-        elif abs(value) < opts.return_deg:
+        elif settled >= opts.return_frames:
             current = None
     return made
 

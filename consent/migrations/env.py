@@ -9,6 +9,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+import consent.liveness.nonces
+import consent.portal.models  # noqa: F401  (their tables join Base.metadata on import)
 from consent.migrations import VERSION_TABLE
 from consent.models import Base
 

@@ -122,6 +122,18 @@ def test_nonce_book_single_use_expiry_unknown():
 # ------------------------------------------------------------------------ clip
 
 
+def test_one_noisy_frame_inside_a_turn_does_not_split_it():
+    from consent.liveness.verify import LivenessOptions, _detect_turns
+
+    # left turn with one landmark frame reading near rest in its middle, then right
+    yaw = np.array([0, -10, -30, -35, 5, -34, -28, -8, 0, 0, 10, 30, 36, 20, 2, 0], float)
+    turns = [side for side, _ in _detect_turns(yaw, LivenessOptions())]
+    assert turns == ["left", "right"]
+    # a real return (two frames near rest) still separates two turns to one side
+    yaw = np.array([0, -30, -35, 2, 1, -33, -30, 0, 0, 30, 33, 0, 0], float)
+    assert [s for s, _ in _detect_turns(yaw, LivenessOptions())] == ["left", "left", "right"]
+
+
 def test_read_clip_bytes_and_errors(clips, tmp_path):
     data = clips["pass"].read_bytes()
     clip = read_clip(data)

@@ -174,3 +174,32 @@ def test_the_rule_decides_on_the_latest_consent():
     assert not plan_subject(gone, t0 + timedelta(days=99), GRACE).purge
     with pytest.raises(ConsentError, match="negative"):
         plan_subject(facts, t0, -GRACE)
+
+
+def test_the_whole_sweep_also_drops_stale_challenges_and_ended_clips(world: World):
+    """``sweep_all`` (what the server and ``likeness consent sweep`` run) goes beyond grants."""
+    import random
+    import time
+
+    from consent.liveness.challenge import issue_challenge
+    from consent.liveness.nonces import DatabaseNonceBook
+    from consent.retention import sweep_all
+
+    book = DatabaseNonceBook(world.store.engine, world.store.keys)
+    long_ago = time.time() - 3 * 86400
+    stale = issue_challenge(random.Random(1), now=long_ago)
+    fresh = issue_challenge(random.Random(2))
+    for challenge in (stale, fresh):
+        book.register(challenge, world.subject, world.avatar)
+    clips = world.store.subject_dir(world.subject) / "clips"
+    clips.mkdir()
+    ended = clips / f"clip-{'a' * 32}-{long_ago:.0f}.enc"
+    kept = clips / f"clip-{'b' * 32}-{time.time() + 86400:.0f}.enc"
+    for path in (ended, kept):
+        path.write_bytes(b"sealed")
+    sweep_all(world.store, GRACE, dry_run=True)
+    assert ended.exists() and book.lookup(stale.nonce, world.subject) is not None
+    sweep_all(world.store, GRACE)
+    assert not ended.exists() and kept.exists()
+    assert book.lookup(stale.nonce, world.subject) is None
+    assert book.lookup(fresh.nonce, world.subject) is not None

@@ -10,6 +10,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
+import consent.liveness.nonces
+import consent.portal.models  # noqa: F401  (their tables join Base.metadata on import)
 from consent.audit import verify_chain
 from consent.errors import (
     AlreadyRevokedError,

@@ -247,6 +247,8 @@ def test_enrol_page_records_passes_and_grants(server, piper_tts, asr, tmp_path):
             until(page, "likeness.enrol.state === 'challenge'", 10)
             shown = page.text_content("#digits")
             assert shown.replace(" ", "") == challenge["digits"]
+            page_seconds = page.evaluate("likeness.enrol.recordSeconds(likeness.enrol.challenge)")
+            assert page_seconds == record_seconds(challenge)  # the fake camera was cut to it
             page.click("#record")
             until(page, "likeness.enrol.state === 'recording'", 20)
             time.sleep(3)  # into the code being read

@@ -41,6 +41,13 @@ export function splitList(text) {
     .filter(Boolean);
 }
 
+/** An ISO time as a readable local date ("26 December 2026"); the text itself if unreadable. */
+export function formatDate(iso) {
+  const at = new Date(iso);
+  if (Number.isNaN(at.getTime())) return String(iso);
+  return at.toLocaleDateString(undefined, { day: "numeric", month: "long", year: "numeric" });
+}
+
 const hooks = {
   state: "starting",
   user: null,
@@ -68,6 +75,12 @@ let recorder = null;
 let expiryTimer = null;
 
 const $ = (id) => document.getElementById(id);
+
+/** The `subject` a guardian acts for (`enrol.html?subject=<id>`), as a query part. */
+function forWhom(joiner) {
+  const subject = new URLSearchParams(location.search).get("subject");
+  return subject ? `${joiner}subject=${encodeURIComponent(subject)}` : "";
+}
 
 function setState(name, message) {
   hooks.state = name;
@@ -133,7 +146,7 @@ async function start() {
   }
   csrf = me.data?.csrf_token ?? "";
   hooks.user = me.data;
-  const pending = await api("GET", "/enrol/challenge");
+  const pending = await api("GET", `/enrol/challenge${forWhom("?")}`);
   if (pending.ok && pending.data?.nonce) {
     hooks.challenge = pending.data;
     hooks.avatarId = pending.data.avatar_id ?? hooks.avatarId;
@@ -175,9 +188,7 @@ async function onPhoto() {
   }
   setState("checking_photo", "Checking the photo…");
   $("photo-result").textContent = "Looking for your face…";
-  const subject = new URLSearchParams(location.search).get("subject");
-  const query = subject ? `?subject=${encodeURIComponent(subject)}` : "";
-  const res = await api("POST", `/enrol/photo${query}`, { body: file, type: file.type });
+  const res = await api("POST", `/enrol/photo${forWhom("?")}`, { body: file, type: file.type });
   if (!res.ok) {
     $("photo-result").textContent = errorText(res, "The photo was not accepted");
     hooks.errors.push({ code: "photo", message: $("photo-result").textContent });
@@ -198,7 +209,9 @@ async function newChallenge() {
     return;
   }
   setState("requesting", "Asking the server for a code…");
-  const res = await api("POST", "/enrol/challenge", { json: { avatar_id: hooks.avatarId } });
+  const res = await api("POST", `/enrol/challenge${forWhom("?")}`, {
+    json: { avatar_id: hooks.avatarId },
+  });
   if (!res.ok) {
     fail("challenge", errorText(res, "No code could be issued"));
     return;
@@ -217,11 +230,11 @@ function showChallenge() {
   $("digits").textContent = String(c.digits).split("").join(" ");
   const list = $("turns");
   list.replaceChildren();
-  for (const turn of c.turns) {
+  c.turns.forEach((turn, i) => {
     const item = document.createElement("li");
-    item.textContent = turnLabel(turn);
+    item.textContent = `${i + 1}. ${turnLabel(turn)}`;
     list.append(item);
-  }
+  });
   $("instructions").textContent = c.instructions ?? "";
   $("record").disabled = false;
   $("record").hidden = false;
@@ -334,7 +347,8 @@ async function upload(blob, startedAt) {
   setState("uploading", "Sending the recording; the server is checking it…");
   $("countdown").textContent = "Checking…";
   const query =
-    `?nonce=${encodeURIComponent(c.nonce)}&started_at=${encodeURIComponent(startedAt.toFixed(3))}`;
+    `?nonce=${encodeURIComponent(c.nonce)}&started_at=${encodeURIComponent(startedAt.toFixed(3))}` +
+    forWhom("&");
   const t0 = performance.now();
   const res = await api("POST", `/enrol/clip${query}`, { body: blob, type: blob.type });
   hooks.timings.checkMs = performance.now() - t0;
@@ -403,6 +417,8 @@ async function giveConsent() {
     purposes: splitList($("purposes").value),
     expires_days: Number.isFinite(days) ? Math.round(days) : 30,
   };
+  const subject = new URLSearchParams(location.search).get("subject");
+  if (subject) body.subject = subject;
   if (!body.deployments.length || !body.purposes.length) {
     $("grant-result").textContent = "Name at least one deployment and one purpose.";
     return;
@@ -419,7 +435,7 @@ async function giveConsent() {
   }
   const grant = res.data?.grant ?? res.data;
   hooks.grant = grant;
-  const until = grant?.expires_at ? ` It is valid until ${grant.expires_at}.` : "";
+  const until = grant?.expires_at ? ` It is valid until ${formatDate(grant.expires_at)}.` : "";
   $("grant-result").textContent =
     `Your consent was recorded.${until} You can review or revoke it on My grants.`;
   setState("granted", "Your consent was recorded.");

@@ -1,0 +1,446 @@
+"""The streaming neural pipeline: runner, batch scheduler, NeuralGenerator, on tiny models.
+
+The models are tiny and random (seeded): their faces are meaningless. What is proved is
+the machinery: the avatar contract (the same suite as the procedural generator), that
+streaming equals the one-shot chunk schedule frame for frame, that sessions batched in
+one runner call get the frames they get alone, barge-in keeps the motion continuous,
+idle motion comes from the motion branch, and the teacher/student paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from avatar.face import paste_back
+from avatar.features import log_mel
+from avatar.models import SILENCE_LOG_MEL
+from avatar.models.errors import ModelConfigError, ModelInputError
+from avatar.pipelines import Runner, TorchRunner, TorchRunnerOptions
+from avatar.pipelines.framing import FaceFraming
+from avatar.pipelines.neural import (
+    NeuralGenerator,
+    NeuralOptions,
+    generate_clip,
+    segment_seed,
+)
+from avatar.pipelines.scheduler import BatchScheduler
+from avatar.procedural import ProceduralGenerator, ProceduralOptions
+from avatar.samplers import (
+    FlowMatchingStudent,
+    FlowMatchingTeacher,
+    StudentOptions,
+    TeacherOptions,
+    chunk_noise,
+    generate_motion,
+)
+from avatar.synthetic import make_demo_avatar
+from avatar.types import EndOfSegment, VideoFrame
+from tests.avatar import contract
+from tests.avatar.neural.helpers import reference_images, speech_mel
+from tests.conftest import espeak_wav
+
+FPS = 25.0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """2 shared cores: one torch thread is several times faster than two here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def avatar():
+    return make_demo_avatar(256, seed=0)
+
+
+@pytest.fixture(scope="module")
+def other_avatar():
+    return make_demo_avatar(256, seed=3)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> contract.Speech:
+    path = espeak_wav(
+        "I would like to hear a story about the sea, please.",
+        tmp_path_factory.mktemp("speech") / "story.wav",
+    )
+    pcm, rate = sf.read(path, dtype="float32")
+    return contract.Speech(pcm, rate)
+
+
+@pytest.fixture(scope="module")
+def speech16k(speech) -> np.ndarray:
+    import soxr
+
+    return soxr.resample(speech.pcm[: int(1.7 * speech.sample_rate)], speech.sample_rate, 16000)
+
+
+@pytest.fixture(scope="module")
+def runner(student) -> TorchRunner:
+    return TorchRunner(student, TorchRunnerOptions(device="cpu", steps=2))
+
+
+class CountingRunner:
+    """A real runner that also records its calls (inputs and outputs)."""
+
+    def __init__(self, inner: Runner) -> None:
+        self.inner = inner
+        self.name, self.spec = inner.name, inner.spec
+        self.steps, self.max_batch = inner.steps, inner.max_batch
+        self.motion_calls: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.render_calls: list[int] = []
+
+    def encode_avatar(self, crop):
+        return self.inner.encode_avatar(crop)
+
+    def motion_chunk(self, avatars, noise, context, mel, visemes, weights):
+        codes = self.inner.motion_chunk(avatars, noise, context, mel, visemes, weights)
+        self.motion_calls.append((len(avatars), context.copy(), mel.copy(), codes.copy()))
+        return codes
+
+    def render(self, avatars, codes):
+        self.render_calls.append(len(avatars))
+        return self.inner.render(avatars, codes)
+
+
+BACKENDS = ("procedural", "neural")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, avatar, runner) -> contract.Backend:
+    if request.param == "procedural":
+        return contract.Backend(
+            "procedural",
+            lambda **kw: ProceduralGenerator.load(avatar, ProceduralOptions(**kw)),
+            first_s=0.2,
+            early_frames=5,  # 40 ms look-ahead: frames 0..4
+        )
+    # 0.6 s holds ~58 mel rows: chunk 0 (needs (8 + 2) · 4 = 40) but not chunk 1 (72).
+    return contract.Backend(
+        "neural",
+        lambda **kw: NeuralGenerator.load(avatar, NeuralOptions(**kw), runner),
+        first_s=0.6,
+        early_frames=8,
+    )
+
+
+@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
+async def test_avatar_contract(backend, speech, check):
+    await check(backend, speech)
+
+
+# ------------------------------------------------------------------- runner
+
+
+def test_runner_is_the_protocol_and_checks_shapes(runner):
+    assert isinstance(runner, Runner)
+    spec = runner.spec
+    assert (spec.chunk_frames, spec.context_frames, spec.image_size) == (8, 4, 64)
+    crop = reference_images(1, 64).numpy()
+    encoded = runner.encode_avatar(crop)
+    assert encoded.source_code.shape == (1, spec.code_dim)
+    with pytest.raises(ModelInputError, match="crop must be float32"):
+        runner.encode_avatar(crop[:, :, :32])
+    noise = np.zeros((1, spec.chunk_frames, spec.code_dim), np.float32)
+    ctx = np.zeros((1, spec.context_frames, spec.code_dim), np.float32)
+    mel = np.zeros((1, spec.mel_rows, spec.n_mels), np.float32)
+    with pytest.raises(ModelInputError, match="weights must be float32"):
+        runner.motion_chunk([encoded], noise, ctx, mel, None, np.ones((1, 3), np.float32))
+    with pytest.raises(ModelInputError, match="mel must be float32"):
+        runner.motion_chunk([encoded], noise, ctx, mel[:, 1:], None, np.ones((1, 2), np.float32))
+    with pytest.raises(ModelInputError, match="codes must be float32"):
+        runner.render([encoded], np.zeros((1, 8, 3), np.float32))
+    with pytest.raises(ModelConfigError, match="steps must be 1 to 4"):
+        TorchRunner(runner.model, TorchRunnerOptions(device="cpu", steps=8))
+    with pytest.raises(ModelConfigError, match="device"):
+        TorchRunnerOptions(device="tpu")
+
+
+def test_student_runner_equals_the_chunk_schedule(runner, student):
+    """Chunk by chunk through the runner = generate_motion + the model's render, exactly."""
+    spec = runner.spec
+    crop = torch.from_numpy(reference_images(1, 64).numpy())
+    encoded = runner.encode_avatar(crop.numpy())
+    mel = speech_mel(1, 4 * 20)
+    ctx = torch.from_numpy(encoded.source_code).repeat(1, spec.context_frames, 1)
+    sampler = FlowMatchingStudent(StudentOptions(2, audio_weight=1.5, identity_weight=0.5))
+    with torch.inference_mode():
+        state = student.encode_avatar(crop)
+        want = generate_motion(student, sampler, mel, state.id_tokens, seed=5, context=ctx)
+        want_rgb = student.render(state, want[:, :8])
+    got, context = [], ctx.numpy()
+    weights = np.array([[1.5, 0.5]], np.float32)
+    for i in range(3):
+        start = (i * 8 - spec.context_frames - spec.audio_context_frames) * 4
+        window = np.full((1, spec.mel_rows, 80), SILENCE_LOG_MEL, np.float32)
+        lo, hi = max(start, 0), min(start + spec.mel_rows, mel.shape[1])
+        window[0, lo - start : hi - start] = mel[0, lo:hi].numpy()
+        noise = chunk_noise(5, i, (1, 8, spec.code_dim), "cpu", torch.float32).numpy()
+        codes = runner.motion_chunk([encoded], noise, context, window, None, weights)
+        got.append(codes)
+        context = np.concatenate([context, codes], 1)[:, -spec.context_frames :]
+    np.testing.assert_array_equal(np.concatenate(got, 1)[:, :20], want.numpy())
+    frames = runner.render([encoded], got[0])
+    expect = np.clip(np.rint((want_rgb.numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    assert frames.shape == (1, 8, 64, 64, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, np.moveaxis(expect, 2, -1))
+
+
+def test_teacher_runner_uses_guidance_with_each_rows_weights(gen):
+    """A teacher checkpoint runs the teacher sampler (avatar.steps steps); rows with other
+    say weights in one batch get what they get alone."""
+    runner = TorchRunner(gen, TorchRunnerOptions(device="cpu", steps=3))
+    spec = runner.spec
+    assert not spec.student
+    a = runner.encode_avatar(reference_images(1, 64, seed=1).numpy())
+    b = runner.encode_avatar(reference_images(1, 64, seed=2).numpy())
+    g = np.random.default_rng(0)
+    noise = g.standard_normal((2, 8, spec.code_dim)).astype(np.float32)
+    ctx = np.repeat(np.concatenate([a.source_code, b.source_code])[:, None], 4, axis=1)
+    mel = speech_mel(2, spec.mel_rows).numpy()
+    weights = np.array([[2.0, 1.5], [0.0, 0.0]], np.float32)
+    both = runner.motion_chunk([a, b], noise, ctx, mel, None, weights)
+    alone = [
+        runner.motion_chunk([x], noise[i : i + 1], ctx[i : i + 1], mel[i : i + 1], None, w)
+        for i, (x, w) in enumerate(zip([a, b], [weights[:1], weights[1:]], strict=True))
+    ]
+    np.testing.assert_allclose(both, np.concatenate(alone), atol=1e-5)
+    # Row 0 is exactly the teacher sampler's guided Euler integration.
+    with torch.inference_mode():
+        teacher = FlowMatchingTeacher(
+            TeacherOptions(steps=3, audio_weight=2.0, identity_weight=1.5)
+        )
+        n_cond = spec.context_frames + spec.chunk_frames
+        audio = gen.audio_encoder(torch.from_numpy(mel[:1]))[:, -n_cond:]
+        c = gen.motion_dit.normalize(torch.from_numpy(ctx[:1]))
+
+        def velocity(x, t, ak, ik, _g):
+            n = x.shape[0]
+            return gen.motion_dit(
+                x, t, c.repeat(n, 1, 1), audio.repeat(n, 1, 1), a.id_tokens.repeat(n, 1, 1), ak, ik
+            )
+
+        want = gen.motion_dit.denormalize(teacher.sample(velocity, torch.from_numpy(noise[:1])))
+    np.testing.assert_allclose(alone[0], want.numpy(), atol=1e-6)
+    assert not np.allclose(alone[0], alone[1], atol=1e-3), "the say weights must matter"
+
+
+# ---------------------------------------------------------------- framing
+
+
+def test_framing_pastes_back_like_avatar_face(avatar, runner):
+    framing = FaceFraming.create(avatar, 128, 64)
+    assert framing.crop.shape == (64, 64, 3) and framing.frame.shape == (128, 128, 3)
+    x = framing.model_input
+    assert x.shape == (1, 3, 64, 64) and x.dtype == np.float32 and -1 <= x.min() < x.max() <= 1
+    crop = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = framing.paste(crop)
+    np.testing.assert_array_equal(
+        out, paste_back(framing.frame, crop, framing.matrix, framing.feather_px)
+    )
+    changed = np.any(out != framing.frame, axis=2)
+    assert 0.05 < changed.mean() < 0.9, "only the face region is replaced"
+    assert not changed[0, :].any() and not changed[-1, :].any()
+
+
+# -------------------------------------------------------------- generator
+
+
+async def _speak(gen, pcm, rate, pieces=(0.05, 0.13, 0.31)):
+    """Push ``pcm`` in uneven pieces, flush, and collect the segment's frames."""
+    pos, i = 0, 0
+    while pos < len(pcm):
+        step = max(1, int(pieces[i % len(pieces)] * rate))
+        await gen.push_audio(pcm[pos : pos + step], rate)
+        pos, i = pos + step, i + 1
+    await gen.flush()
+    items = await contract.until_end(aiter(gen))
+    return items[:-1], items[-1]
+
+
+async def test_streaming_equals_the_one_shot_schedule(avatar, student, runner, speech16k):
+    """Frames streamed in uneven pieces = generate_motion over the whole log-mel with the
+    segment's seed, rendered and pasted back: bit for bit."""
+    options = NeuralOptions(size=128, seed=11, audio_weight=1.5, identity_weight=0.5)
+    gen = NeuralGenerator.load(avatar, options, runner)
+    frames, end = await _speak(gen, speech16k, 16000)
+    await gen.aclose()
+    n = math.ceil(len(speech16k) / 16000 * FPS - 1e-6)
+    assert len(frames) == n and end.pts == pytest.approx(len(speech16k) / 16000)
+    framing = gen.framing
+    crop = torch.from_numpy(framing.model_input)
+    sampler = FlowMatchingStudent(StudentOptions(2, audio_weight=1.5, identity_weight=0.5))
+    with torch.inference_mode():
+        state = student.encode_avatar(crop)
+        ctx = state.source_code[:, None].repeat(1, 4, 1)
+        mel = torch.from_numpy(log_mel(speech16k, 16000))[None]
+        seed = segment_seed(11, end.segment)
+        whole = math.ceil(n / 8) * 8  # the streamed last chunk is made whole, then cut
+        codes = generate_motion(
+            student, sampler, mel, state.id_tokens, seed=seed, context=ctx, n_frames=whole
+        )
+        # Rendered chunk by chunk, as streamed (kernels may round differently per batch).
+        rgb = torch.cat(
+            [student.render(state, codes[:, i : i + 8]) for i in range(0, whole, 8)], 1
+        )[0]
+    crops = np.clip(np.rint((rgb.numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    want = [framing.paste(c) for c in np.moveaxis(crops, 1, -1)]
+    for k, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame.image, want[k], err_msg=f"frame {k}")
+
+
+async def test_two_sessions_batched_equal_each_alone(avatar, other_avatar, runner, speech):
+    """One runner call per batch for both sessions' chunks; frames as when alone."""
+    part = speech.pcm[: int(1.2 * speech.sample_rate)]
+    options = [NeuralOptions(size=128, seed=1), NeuralOptions(size=128, seed=2, audio_weight=2)]
+    faces = [avatar, other_avatar]
+
+    async def run(gens):
+        for g in gens:
+            await g.push_audio(part, speech.sample_rate)
+            await g.flush()
+        return await asyncio.gather(*[contract.until_end(aiter(g)) for g in gens])
+
+    alone = []
+    for face, opts in zip(faces, options, strict=True):
+        counting = CountingRunner(runner)
+        gen = NeuralGenerator.load(face, opts, counting)
+        (items,) = await run([gen])
+        await gen.aclose()
+        alone.append(items)
+        assert max(r for r, *_ in counting.motion_calls) == 1
+    counting = CountingRunner(runner)
+    scheduler = BatchScheduler(counting, gather_s=0.02)
+    gens = [NeuralGenerator.load(f, o, scheduler) for f, o in zip(faces, options, strict=True)]
+    together = await run(gens)
+    for g in gens:
+        await g.aclose()
+    assert scheduler.encoded_avatars == 0, "the last session frees its avatar's features"
+    await scheduler.aclose()
+    stats = scheduler.stats
+    assert len(counting.motion_calls) == len(counting.render_calls) == stats.batches
+    assert [r for r, *_ in counting.motion_calls] == counting.render_calls
+    assert stats.sizes.get(2, 0) == math.ceil(len(together[0][:-1]) / 8), stats
+    assert stats.batches == stats.sizes[2], "every chunk of both sessions ran batched"
+    for a, b in zip(alone, together, strict=True):
+        assert len(a) == len(b)
+        for x, y in zip(a[:-1], b[:-1], strict=True):
+            assert (x.index, x.pts, x.segment) == (y.index, y.pts, y.segment)
+            diff = np.abs(x.image.astype(int) - y.image.astype(int))
+            assert diff.max() <= 2 and diff.mean() < 0.05
+    assert np.abs(alone[0][0].image.astype(int) - alone[1][0].image.astype(int)).mean() > 1
+
+
+async def test_barge_in_keeps_the_motion_continuous(avatar, runner, speech):
+    """After clear_buffer the idle motion goes on from the codes of the frames shown."""
+    counting = CountingRunner(runner)
+    gen = NeuralGenerator.load(avatar, NeuralOptions(size=128), counting)
+    frames = aiter(gen)
+    await gen.push_audio(speech.pcm, speech.sample_rate)
+    shown = [await anext(frames) for _ in range(12)]  # chunk 0 and half of chunk 1
+    await gen.clear_buffer()
+    end = await anext(frames)
+    assert isinstance(end, EndOfSegment) and end.interrupted
+    idle = await anext(frames)
+    assert not idle.speaking and idle.index == shown[-1].index + 1
+    speech_calls = [c for c in counting.motion_calls if (c[2] > SILENCE_LOG_MEL).any()]
+    chunk1 = speech_calls[1][3]
+    last = counting.motion_calls[-1]
+    assert (last[2] == SILENCE_LOG_MEL).all(), "idle motion hears silence"
+    np.testing.assert_array_equal(last[1], chunk1[:, :4], "context = the last 4 frames shown")
+    await gen.aclose()
+
+
+async def test_idle_motion_comes_from_the_motion_branch(avatar, runner):
+    counting = CountingRunner(runner)
+    gen = NeuralGenerator.load(avatar, NeuralOptions(size=128, seed=4), counting)
+    idle = [await anext(aiter(gen)) for _ in range(24)]
+    await gen.aclose()
+    assert [f.index for f in idle] == list(range(24)) and not any(f.speaking for f in idle)
+    assert len(counting.motion_calls) == 3 and all(
+        (m == SILENCE_LOG_MEL).all() for _, _, m, _ in counting.motion_calls
+    )
+    # The face moves while idle: frames differ from one another, not a frozen picture.
+    steps = [
+        np.abs(a.image.astype(int) - b.image.astype(int)).mean()
+        for a, b in zip(idle, idle[1:], strict=False)
+    ]
+    assert max(steps) > 0.1
+    # Each idle chunk starts from the last frames of the one before (carried context).
+    for prev, cur in zip(counting.motion_calls, counting.motion_calls[1:], strict=False):
+        np.testing.assert_array_equal(cur[1], prev[3][:, -4:])
+
+
+async def test_generate_clip_and_option_errors(avatar, runner, speech):
+    frames = await generate_clip(
+        avatar, speech.pcm[:8000], speech.sample_rate, None, NeuralOptions(size=96), runner
+    )
+    assert len(frames) == math.ceil(8000 / speech.sample_rate * FPS)
+    assert all(isinstance(f, VideoFrame) and f.speaking for f in frames)
+    assert frames[0].image.shape == (96, 96, 3)
+    with pytest.raises(ValueError, match="NeuralOptions.size"):
+        NeuralOptions(size=10)
+    with pytest.raises(ModelConfigError, match="avatar.fps = 25"):
+        NeuralGenerator.load(avatar, NeuralOptions(fps=30), runner)
+    with pytest.raises(ModelConfigError, match="needs a runner"):
+        NeuralGenerator.load(avatar, NeuralOptions(), None)
+
+
+# --------------------------------------------------------------------- GPU
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+async def test_cuda_bf16_runner_streams_and_batches(
+    student, avatar, other_avatar, speech, compiled
+):
+    """CUDA, bf16 autocast (and torch.compile with CUDA graphs): the contract's clock, and
+    two sessions batched close to each alone (bf16 tolerance)."""
+    cpu = TorchRunner(student, TorchRunnerOptions(device="cpu"))
+    options = TorchRunnerOptions(device="cuda", bf16=True, compile=compiled)
+    gpu = TorchRunner(make_student_copy(student), options)
+    part = speech.pcm[: int(1.0 * speech.sample_rate)]
+    results = {}
+    for name, r in (("cpu", cpu), ("gpu", gpu)):
+        scheduler = BatchScheduler(r, gather_s=0.02)
+        gens = [
+            NeuralGenerator.load(f, NeuralOptions(size=128), scheduler)
+            for f in (avatar, other_avatar)
+        ]
+        for g in gens:
+            await g.push_audio(part, speech.sample_rate)
+            await g.flush()
+        results[name] = await asyncio.gather(*[contract.until_end(aiter(g)) for g in gens])
+        for g in gens:
+            await g.aclose()
+        await scheduler.aclose()
+        assert scheduler.stats.sizes.get(2, 0) >= 1
+    for a, b in zip(results["cpu"], results["gpu"], strict=True):
+        assert [f.pts for f in a[:-1]] == [f.pts for f in b[:-1]]
+        diff = np.mean(
+            [
+                np.abs(x.image.astype(int) - y.image.astype(int)).mean()
+                for x, y in zip(a[:-1], b[:-1], strict=True)
+            ]
+        )
+        assert diff < 8, f"bf16 frames drift from float32 by {diff:.1f} levels on average"
+    # Move the CPU fixture back untouched (the GPU runner used a copy).
+    assert next(student.parameters()).device.type == "cpu"
+
+
+def make_student_copy(model):
+    import copy
+
+    return copy.deepcopy(model)
