@@ -5,12 +5,15 @@ Routes::
     WS   /api/rtc/ws      the same offer/answer as JSON messages, then trickle ICE candidates
     POST /api/rtc/offer   {"sdp", "type": "offer", "avatar"?, "deployment"?, "profile"?}
                           → 200 {"sdp", "type": "answer", "session_id"} (all ICE candidates
-                          inside: one POST connects); 400 bad SDP, 404 unknown avatar,
-                          503 busy (Retry-After)
+                          inside: one POST connects); 400 bad SDP, 403 no consent for
+                          this face (or voice) here, 404 unknown avatar, 503 busy
+                          (Retry-After)
     GET  /api/config      persona name and the kiosk profile for the pages
+    *    /api/consent/... the consent portal's JSON API (consent/portal; 401 unsigned)
     GET  /health          200 {"status": "ready", ...} once the models are loaded
     GET  /metrics         Prometheus text
-    GET  /                the chat page; /kiosk.html the kiosk (web/static)
+    GET  /                the chat page; /kiosk.html the kiosk; /portal/ the consent
+                          portal (web/static)
 """
 
 from __future__ import annotations
