@@ -91,9 +91,7 @@ def load_avatar_engine(settings: Settings) -> Any:  # -> BatchScheduler | None
     from avatar.pipelines.scheduler import BatchScheduler
 
     path = Path(a.checkpoint).expanduser()
-    options: dict[str, Any] = {"steps": a.steps}
-    if a.runtime == "torch":
-        options["device"] = a.device
+    options: dict[str, Any] = {"steps": a.steps, "device": a.device}
     try:
         runner = load_runner(a.runtime, path, **options)
         if abs(runner.spec.fps - a.fps) > 1e-6:

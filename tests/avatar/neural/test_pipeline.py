@@ -10,7 +10,9 @@ idle motion comes from the motion branch, and the teacher/student paths.
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from avatar.face import paste_back
 from avatar.features import log_mel
 from avatar.models import SILENCE_LOG_MEL
 from avatar.models.errors import ModelConfigError, ModelInputError
-from avatar.pipelines import Runner, TorchRunner, TorchRunnerOptions
+from avatar.pipelines import Runner, TorchRunner, TorchRunnerOptions, load_runner
 from avatar.pipelines.framing import FaceFraming
 from avatar.pipelines.neural import (
     NeuralGenerator,
@@ -97,6 +99,7 @@ class CountingRunner:
         self.name, self.spec = inner.name, inner.spec
         self.steps, self.max_batch = inner.steps, inner.max_batch
         self.motion_calls: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.visemes: list[np.ndarray | None] = []
         self.render_calls: list[int] = []
 
     def encode_avatar(self, crop):
@@ -105,6 +108,7 @@ class CountingRunner:
     def motion_chunk(self, avatars, noise, context, mel, visemes, weights):
         codes = self.inner.motion_chunk(avatars, noise, context, mel, visemes, weights)
         self.motion_calls.append((len(avatars), context.copy(), mel.copy(), codes.copy()))
+        self.visemes.append(None if visemes is None else visemes.copy())
         return codes
 
     def render(self, avatars, codes):
@@ -112,7 +116,21 @@ class CountingRunner:
         return self.inner.render(avatars, codes)
 
 
-BACKENDS = ("procedural", "neural")
+@pytest.fixture(scope="module")
+def onnx_runner(student, tmp_path_factory) -> Runner:
+    """The same student exported to ONNX, through the runtime's loading path."""
+    folder = tmp_path_factory.mktemp("onnx") / "student"
+    student.save_pretrained(folder)
+    return load_runner("onnx", folder, steps=2, device="cpu")
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+BACKENDS = (
+    "procedural",
+    "neural",
+    "neural-onnx",
+    pytest.param("neural-cuda", marks=[pytest.mark.gpu, cuda]),
+)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -124,6 +142,10 @@ def backend(request, avatar, runner) -> contract.Backend:
             first_s=0.2,
             early_frames=5,  # 40 ms look-ahead: frames 0..4
         )
+    if request.param == "neural-onnx":
+        runner = request.getfixturevalue("onnx_runner")
+    if request.param == "neural-cuda":  # bf16 autocast on the GPU
+        runner = TorchRunner(copy.deepcopy(runner.model), TorchRunnerOptions(device="cuda"))
     # 0.6 s holds ~58 mel rows: chunk 0 (needs (8 + 2) · 4 = 40) but not chunk 1 (72).
     return contract.Backend(
         "neural",
@@ -232,6 +254,40 @@ def test_teacher_runner_uses_guidance_with_each_rows_weights(gen):
         want = gen.motion_dit.denormalize(teacher.sample(velocity, torch.from_numpy(noise[:1])))
     np.testing.assert_allclose(alone[0], want.numpy(), atol=1e-6)
     assert not np.allclose(alone[0], alone[1], atol=1e-3), "the say weights must matter"
+
+
+def test_padded_batches_give_the_same_rows(student, runner):
+    """Padding a batch to 1, 2, 4, 8 rows (for compiled CUDA graphs) changes no row."""
+    padded = TorchRunner(student, TorchRunnerOptions(device="cpu", pad_batches=True))
+    spec = runner.spec
+    avatars = [runner.encode_avatar(reference_images(1, 64, seed=i).numpy()) for i in range(3)]
+    g = np.random.default_rng(2)
+    noise = g.standard_normal((3, 8, spec.code_dim)).astype(np.float32)
+    ctx = np.repeat(np.concatenate([a.source_code for a in avatars])[:, None], 4, axis=1)
+    mel = speech_mel(3, spec.mel_rows, seed=2).numpy()
+    w = np.array([[1, 1], [2, 0.5], [0, 1]], np.float32)
+    plain = runner.motion_chunk(avatars, noise, ctx, mel, None, w)
+    codes = padded.motion_chunk(avatars, noise, ctx, mel, None, w)
+    assert codes.shape == plain.shape == (3, 8, spec.code_dim)
+    np.testing.assert_allclose(codes, plain, atol=1e-5)
+    frames = padded.render(avatars, codes)
+    assert frames.shape == (3, 8, 64, 64, 3)
+    assert np.abs(frames.astype(int) - runner.render(avatars, codes).astype(int)).max() <= 1
+
+
+async def test_onnx_runner_streams_the_torch_runners_frames(avatar, runner, onnx_runner, speech):
+    """The exported student through the same pipeline: frames within one level of torch's."""
+    assert onnx_runner.name == "onnx" and onnx_runner.spec == runner.spec
+    part = speech.pcm[: int(1.0 * speech.sample_rate)]
+    clips = [
+        await generate_clip(avatar, part, speech.sample_rate, None, NeuralOptions(size=128), r)
+        for r in (runner, onnx_runner)
+    ]
+    assert len(clips[0]) == len(clips[1]) == math.ceil(FPS * len(part) / speech.sample_rate)
+    diff = np.stack(
+        [np.abs(a.image.astype(int) - b.image.astype(int)) for a, b in zip(*clips, strict=True)]
+    )
+    assert diff.max() <= 2 and diff.mean() < 0.01
 
 
 # ---------------------------------------------------------------- framing
@@ -380,6 +436,38 @@ async def test_idle_motion_comes_from_the_motion_branch(avatar, runner):
         np.testing.assert_array_equal(cur[1], prev[3][:, -4:])
 
 
+@dataclass(frozen=True)
+class Timing:
+    symbol: str
+    kind: str
+    start: float
+    end: float
+
+
+async def test_visemes_from_timings_reach_the_model(avatar, runner, speech):
+    """With ``visemes=True`` each chunk gets the viseme ids of its window's frames, from
+    timings given relative to each pushed piece."""
+    counting = CountingRunner(runner)
+    gen = NeuralGenerator.load(avatar, NeuralOptions(size=96, visemes=True), counting)
+    rate = speech.sample_rate
+    half = int(0.5 * rate)
+    await gen.push_audio(speech.pcm[:half], rate, [Timing("a", "phoneme", 0.10, 0.30)])
+    await gen.push_audio(speech.pcm[half : 2 * half], rate, [Timing("m", "phoneme", 0.0, 0.2)])
+    await gen.flush()
+    frames = (await contract.until_end(aiter(gen)))[:-1]
+    await gen.aclose()
+    assert len(frames) == 25
+    spec = runner.spec
+    lead = spec.context_frames + spec.audio_context_frames  # chunk 0's window starts here
+    chunk0 = counting.visemes[0][0]
+    assert chunk0.shape == (spec.window_frames,)
+    aa, pp = 10, 1  # "a" is open-vowel class 10, "m" is lips-pressed class 1
+    np.testing.assert_array_equal(chunk0[lead + 3 : lead + 7], [aa] * 4)  # 0.12-0.28 s
+    assert chunk0[:lead].max() == 0 and chunk0[lead] == 0
+    chunk1 = counting.visemes[1][0]  # frames 8.. : "m" at 0.5-0.7 s = frames 12-17
+    np.testing.assert_array_equal(chunk1[lead + 4 : lead + 9], [pp] * 5)
+
+
 async def test_generate_clip_and_option_errors(avatar, runner, speech):
     frames = await generate_clip(
         avatar, speech.pcm[:8000], speech.sample_rate, None, NeuralOptions(size=96), runner
@@ -397,8 +485,6 @@ async def test_generate_clip_and_option_errors(avatar, runner, speech):
 
 # --------------------------------------------------------------------- GPU
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 
 @pytest.mark.gpu
 @cuda
@@ -410,7 +496,7 @@ async def test_cuda_bf16_runner_streams_and_batches(
     two sessions batched close to each alone (bf16 tolerance)."""
     cpu = TorchRunner(student, TorchRunnerOptions(device="cpu"))
     options = TorchRunnerOptions(device="cuda", bf16=True, compile=compiled)
-    gpu = TorchRunner(make_student_copy(student), options)
+    gpu = TorchRunner(copy.deepcopy(student), options)
     part = speech.pcm[: int(1.0 * speech.sample_rate)]
     results = {}
     for name, r in (("cpu", cpu), ("gpu", gpu)):
@@ -436,11 +522,4 @@ async def test_cuda_bf16_runner_streams_and_batches(
             ]
         )
         assert diff < 8, f"bf16 frames drift from float32 by {diff:.1f} levels on average"
-    # Move the CPU fixture back untouched (the GPU runner used a copy).
-    assert next(student.parameters()).device.type == "cpu"
-
-
-def make_student_copy(model):
-    import copy
-
-    return copy.deepcopy(model)
+    assert next(student.parameters()).device.type == "cpu", "the GPU runner used a copy"

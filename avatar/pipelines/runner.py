@@ -1,0 +1,570 @@
+"""The three model calls the streaming pipeline makes, behind one small Protocol.
+
+A :class:`Runner` runs the neural generator's work for the pipeline with static shapes
+and plain arrays at its edge, so the same pipeline runs on PyTorch (:class:`TorchRunner`,
+CPU or CUDA) or on onnxruntime (``avatar.deploy.onnx_runner.OnnxRunner``)::
+
+    runner = TorchRunner.load("checkpoints/tiny-student", TorchRunnerOptions(steps=2))
+    avatar = runner.encode_avatar(crop)                       # once per avatar
+    codes = runner.motion_chunk([avatar], noise, context, mel, None, weights)
+    frames = runner.render([avatar], codes)                   # uint8 [1, K, S, S, 3]
+
+Shapes and dtypes (``B`` sessions in one batch, ``S`` the model's image side, ``D`` the
+motion code length, ``K`` frames per chunk, ``C`` context frames, ``W`` the audio
+window in video frames, ``m`` mel rows per frame; all in :class:`RunnerSpec`):
+
+=================  ===========================================  ==========================
+call               in                                           out
+=================  ===========================================  ==========================
+``encode_avatar``  crop float32 [1, 3, S, S], RGB in [-1, 1]     :class:`EncodedAvatar`
+``motion_chunk``   avatars (B of them); noise float32 [B, K, D]; codes float32 [B, K, D]
+                   context float32 [B, C, D]; mel float32
+                   [B, W·m, n_mels]; visemes int64 [B, W] or
+                   None; weights float32 [B, 2] (audio, id)
+``render``         avatars (B of them); codes float32 [B, T, D]  uint8 [B, T, S, S, 3] RGB
+=================  ===========================================  ==========================
+
+Rows of a batch are independent sessions: row ``b`` of every input belongs to
+``avatars[b]`` (the same avatar may appear in several rows). The noise is an input, so
+each session keeps its own seed and chunk index (:func:`avatar.samplers.chunk_noise`)
+and a chunk is the same whether it runs alone or batched (to float rounding). The
+sampler's steps run inside ``motion_chunk`` (the runner's ``steps``; the student takes
+the say weights as an input, the teacher uses them for guidance). ``render`` converts
+to uint8 on the device: ``clip(round((x + 1) · 127.5), 0, 255)``.
+
+An untrained or tiny model makes blurry, meaningless faces: these classes only move
+tensors; what a face looks like depends entirely on the checkpoint's training.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from avatar.errors import GeneratorError
+from avatar.models.errors import ModelConfigError, ModelInputError
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSpec:
+    """The static sizes a runner's model implies (everything the pipeline must know).
+
+    Attributes:
+        image_size: S, side of the model's square face crop.
+        code_dim: D, length of one frame's motion code.
+        chunk_frames: K, frames per motion chunk.
+        context_frames: C, previous frames a chunk attends to.
+        lookahead_frames: L, frames of audio after a chunk that it may hear.
+        audio_context_frames: A, extra audio frames before the context (receptive field − 1).
+        mel_per_frame: m, log-mel rows per video frame.
+        n_mels: mel bins.
+        n_visemes: viseme ids are below this.
+        fps: video frames per second.
+        student: True when the model is a distilled student (say weights as an input).
+    """
+
+    image_size: int
+    code_dim: int
+    chunk_frames: int
+    context_frames: int
+    lookahead_frames: int
+    audio_context_frames: int
+    mel_per_frame: int
+    n_mels: int
+    n_visemes: int
+    fps: float
+    student: bool
+
+    @classmethod
+    def from_config(cls, config: Any) -> RunnerSpec:
+        """The spec of an ``avatar.models.GeneratorConfig``."""
+        d, a = config.dit, config.audio
+        return cls(
+            image_size=config.image_size,
+            code_dim=config.code_dim,
+            chunk_frames=d.chunk_frames,
+            context_frames=d.context_frames,
+            lookahead_frames=d.lookahead_frames,
+            audio_context_frames=config.audio_context_frames,
+            mel_per_frame=a.mel_per_frame,
+            n_mels=a.n_mels,
+            n_visemes=a.n_visemes,
+            fps=float(config.fps),
+            student=bool(d.guidance_embed),
+        )
+
+    @property
+    def window_frames(self) -> int:
+        """W = A + C + K + L, video frames of audio one chunk reads."""
+        return (
+            self.audio_context_frames
+            + self.context_frames
+            + self.chunk_frames
+            + self.lookahead_frames
+        )
+
+    @property
+    def mel_rows(self) -> int:
+        """Rows of the mel window a chunk reads (W · m)."""
+        return self.window_frames * self.mel_per_frame
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EncodedAvatar:
+    """One avatar encoded by a runner (batch 1), kept for every later call.
+
+    The arrays other than ``source_code`` are in the runner's own form (torch tensors
+    on its device for :class:`TorchRunner`, numpy arrays for onnxruntime): hand the
+    object back to the runner that made it, never to another one.
+
+    Attributes:
+        pyramid: appearance feature maps, level ``i`` [1, C_i, H_i, W_i].
+        id_tokens: identity tokens [1, N, E].
+        source_keypoints: the crop's posed keypoints [1, n_kp, 3].
+        source_code: the crop's motion code, float32 numpy [1, D]; repeat it C times for
+            the first chunk's context.
+        runner: the name of the runner that made it.
+    """
+
+    pyramid: tuple[Any, ...]
+    id_tokens: Any
+    source_keypoints: Any
+    source_code: np.ndarray
+    runner: str
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the streaming pipeline calls; see the module doc for shapes and dtypes.
+
+    Attributes:
+        name: "torch", "onnx", ...
+        spec: the model's static sizes.
+        steps: sampler steps run inside each ``motion_chunk``.
+        max_batch: the most rows one call takes; the scheduler splits bigger batches.
+    """
+
+    name: str
+    spec: RunnerSpec
+    steps: int
+    max_batch: int
+
+    def encode_avatar(self, crop: np.ndarray) -> EncodedAvatar:
+        """Encode the aligned face crop float32 [1, 3, S, S] in [-1, 1] (once per avatar)."""
+        ...
+
+    def motion_chunk(
+        self,
+        avatars: Sequence[EncodedAvatar],
+        noise: np.ndarray,
+        context: np.ndarray,
+        mel: np.ndarray,
+        visemes: np.ndarray | None,
+        weights: np.ndarray,
+    ) -> np.ndarray:
+        """One motion chunk per row: float32 codes [B, K, D] (sampler steps inside)."""
+        ...
+
+    def render(self, avatars: Sequence[EncodedAvatar], codes: np.ndarray) -> np.ndarray:
+        """Frames of motion codes [B, T, D] on each row's avatar: uint8 [B, T, S, S, 3]."""
+        ...
+
+
+def check_motion_inputs(
+    spec: RunnerSpec,
+    avatars: Sequence[EncodedAvatar],
+    noise: np.ndarray,
+    context: np.ndarray,
+    mel: np.ndarray,
+    visemes: np.ndarray | None,
+    weights: np.ndarray,
+) -> int:
+    """Check ``motion_chunk``'s inputs against ``spec``; returns the batch size.
+
+    Raises:
+        ModelInputError: the message names the argument and the shape it must have.
+    """
+    b = len(avatars)
+    k, c, d = spec.chunk_frames, spec.context_frames, spec.code_dim
+    wanted = {
+        "noise": (noise, (b, k, d), np.float32),
+        "context": (context, (b, c, d), np.float32),
+        "mel": (mel, (b, spec.mel_rows, spec.n_mels), np.float32),
+        "weights": (weights, (b, 2), np.float32),
+    }
+    if visemes is not None:
+        wanted["visemes"] = (visemes, (b, spec.window_frames), np.int64)
+    if b < 1:
+        raise ModelInputError("motion_chunk needs at least one avatar (one row)")
+    for name, (value, shape, dtype) in wanted.items():
+        if not isinstance(value, np.ndarray) or value.shape != shape or value.dtype != dtype:
+            got = f"{getattr(value, 'shape', type(value))} {getattr(value, 'dtype', '')}"
+            raise ModelInputError(
+                f"motion_chunk: {name} must be {np.dtype(dtype).name} {list(shape)}, got {got}"
+            )
+    return b
+
+
+def check_render_inputs(
+    spec: RunnerSpec, avatars: Sequence[EncodedAvatar], codes: np.ndarray
+) -> int:
+    """Check ``render``'s inputs; returns the batch size.
+
+    Raises:
+        ModelInputError: codes of the wrong shape or dtype for the avatars.
+    """
+    b = len(avatars)
+    ok = (
+        isinstance(codes, np.ndarray)
+        and codes.dtype == np.float32
+        and codes.ndim == 3
+        and codes.shape[0] == b
+        and codes.shape[2] == spec.code_dim
+        and b >= 1
+    )
+    if not ok:
+        got = f"{getattr(codes, 'shape', type(codes))} {getattr(codes, 'dtype', '')}"
+        raise ModelInputError(
+            f"render: codes must be float32 [{b}, T, {spec.code_dim}] for {b} avatars, got {got}"
+        )
+    return b
+
+
+def to_uint8_frames_numpy(rgb: np.ndarray) -> np.ndarray:
+    """float [B, T, 3, S, S] in [-1, 1] → uint8 [B, T, S, S, 3] (the runners' rounding)."""
+    x = np.clip(np.rint((rgb.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.moveaxis(x, 2, -1))
+
+
+@dataclass(frozen=True, slots=True)
+class TorchRunnerOptions:
+    """How :class:`TorchRunner` runs the model.
+
+    Attributes:
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
+        steps: sampler steps per chunk (a student takes 1 to 4; a teacher any number).
+        bf16: on CUDA, run under bf16 autocast (ignored on the CPU, which runs float32).
+        compile: on CUDA, ``torch.compile`` the renderer and the motion transformer
+            (mode "reduce-overhead", which captures CUDA graphs); batches are padded to
+            the next of 1, 2, 4, 8, ... rows so each size compiles once.
+        max_batch: the most rows (sessions) one call takes.
+        pad_batches: pad every batch to the next of 1, 2, 4, 8, ... rows (repeating the
+            last row, whose outputs are dropped); None pads only when compiling on CUDA.
+        attention_backend: attention registry name for every layer ("sdpa", "math").
+    """
+
+    device: str = "auto"
+    steps: int = 2
+    bf16: bool = True
+    compile: bool = False
+    max_batch: int = 8
+    pad_batches: bool | None = None
+    attention_backend: str = "sdpa"
+
+    def __post_init__(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ModelConfigError(
+                f"TorchRunnerOptions.device={self.device!r}: use auto, cpu, cuda or cuda:N"
+            )
+        if not 1 <= self.steps <= 64:
+            raise ModelConfigError(f"TorchRunnerOptions.steps={self.steps} is outside 1..64")
+        if not 1 <= self.max_batch <= 256:
+            raise ModelConfigError(
+                f"TorchRunnerOptions.max_batch={self.max_batch} is outside 1..256"
+            )
+
+
+def resolve_device(name: str) -> str:
+    """ "auto" → "cuda" when a GPU is usable, else "cpu"; other names are checked.
+
+    Raises:
+        ModelConfigError: CUDA asked for but not available here.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelConfigError(
+            f"device {name!r} asked for, but this torch build sees no CUDA GPU; "
+            "use device 'cpu' or install the gpu extra on a machine with a GPU"
+        )
+    return name
+
+
+def _bucket(n: int) -> int:
+    size = 1
+    while size < n:
+        size *= 2
+    return size
+
+
+class TorchRunner:
+    """A :class:`Runner` on PyTorch: CPU float32, or CUDA with bf16 autocast and an
+    optional ``torch.compile``.
+
+    Calls are not thread-safe: make them from one worker thread (the pipeline's
+    scheduler does). Build it with :meth:`load` (a checkpoint) or directly from a model.
+
+    Args:
+        model: a ``DualBranchGenerator`` (teacher or student), any device; it is moved
+            to the runner's device and put in eval mode.
+        options: device, steps, bf16, compile, batch limit.
+
+    Raises:
+        ModelConfigError: a student with more than 4 steps, or an unusable device.
+    """
+
+    name = "torch"
+
+    def __init__(self, model: Any, options: TorchRunnerOptions | None = None) -> None:
+        import torch
+
+        from avatar.samplers.flow_matching import (
+            FlowMatchingStudent,
+            FlowMatchingTeacher,
+            StudentOptions,
+            TeacherOptions,
+        )
+
+        self.options = options or TorchRunnerOptions()
+        self.device = torch.device(resolve_device(self.options.device))
+        self.model = model.to(self.device).eval()
+        self.spec = RunnerSpec.from_config(model.config)
+        self.steps = self.options.steps
+        self.max_batch = self.options.max_batch
+        if self.spec.student:
+            StudentOptions(steps=self.steps)  # checks 1..4 steps
+            self._sampler: Any = FlowMatchingStudent(StudentOptions(steps=self.steps))
+        else:
+            self._teacher = lambda wa, wi: FlowMatchingTeacher(
+                TeacherOptions(steps=self.steps, audio_weight=wa, identity_weight=wi)
+            )
+        cuda = self.device.type == "cuda"
+        self._autocast = cuda and self.options.bf16
+        compiled = cuda and self.options.compile
+        pad = self.options.pad_batches
+        self._pad = compiled if pad is None else pad
+        self._render_fn = model.renderer
+        self._dit_fn = model.motion_dit
+        if compiled:
+            self._render_fn = torch.compile(model.renderer, mode="reduce-overhead")
+            self._dit_fn = torch.compile(model.motion_dit, mode="reduce-overhead")
+        self._stacks: dict[tuple[int, ...], tuple[tuple[EncodedAvatar, ...], tuple[Any, ...]]] = {}
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], options: TorchRunnerOptions | None = None
+    ) -> TorchRunner:
+        """Load a ``save_pretrained`` checkpoint (student or teacher) and wrap it.
+
+        Raises:
+            ModelNotFoundError: nothing at ``path``.
+            CheckpointError: the file is not a usable generator checkpoint.
+            ModelConfigError: bad options for this model (e.g. 8 steps for a student).
+        """
+        from avatar.models.generator import DualBranchGenerator
+
+        options = options or TorchRunnerOptions()
+        model = DualBranchGenerator.from_pretrained(
+            path, attention_backend=options.attention_backend
+        )
+        return cls(model, options)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _ctx(self) -> Any:
+        import contextlib
+
+        import torch
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.inference_mode())
+        if self._autocast:
+            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        return stack
+
+    def _tensor(self, array: np.ndarray, rows: int | None = None) -> Any:
+        import torch
+
+        t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+        if rows is not None and rows > t.shape[0]:  # pad the batch (compiled shapes)
+            t = torch.cat([t, t[-1:].expand(rows - t.shape[0], *t.shape[1:])])
+        return t
+
+    def _rows(self, b: int) -> int:
+        return _bucket(b) if self._pad else b
+
+    def _own(self, avatars: Sequence[EncodedAvatar]) -> None:
+        for a in avatars:
+            if a.runner != self.name:
+                raise ModelInputError(f"an avatar encoded by the {a.runner!r} runner was given")
+
+    def _stacked(self, avatars: Sequence[EncodedAvatar], rows: int) -> tuple[Any, ...]:
+        """(pyramid levels..., id tokens, source keypoints) of the rows, cached per batch."""
+        import torch
+
+        rows_of = (*avatars, *[avatars[-1]] * (rows - len(avatars)))
+        key = tuple(id(a) for a in rows_of)
+        # The entry keeps its avatars alive, so their ids cannot be reused meanwhile.
+        if key not in self._stacks:
+            if len(self._stacks) > 64:
+                self._stacks.clear()
+            parts = [*zip(*[a.pyramid for a in rows_of], strict=True)]
+            parts += [[a.id_tokens for a in rows_of], [a.source_keypoints for a in rows_of]]
+            self._stacks[key] = (rows_of, tuple(torch.cat(p) for p in parts))
+        return self._stacks[key][1]
+
+    def forget(self, avatar: EncodedAvatar) -> None:
+        """Drop cached batches holding ``avatar`` (call when a session ends)."""
+        self._stacks = {k: v for k, v in self._stacks.items() if id(avatar) not in k}
+
+    # ------------------------------------------------------------------- calls
+
+    def encode_avatar(self, crop: np.ndarray) -> EncodedAvatar:
+        """Encode the crop float32 [1, 3, S, S] in [-1, 1]; keep the result per avatar.
+
+        Raises:
+            ModelInputError: wrong shape or dtype.
+        """
+        s = self.spec.image_size
+        if not isinstance(crop, np.ndarray) or crop.shape != (1, 3, s, s):
+            got = getattr(crop, "shape", type(crop))
+            raise ModelInputError(f"encode_avatar: crop must be float32 [1, 3, {s}, {s}], {got}")
+        if crop.dtype != np.float32:
+            raise ModelInputError(f"encode_avatar: crop must be float32, got {crop.dtype}")
+        with self._ctx():
+            state = self.model.encode_avatar(self._tensor(crop))
+        code = state.source_code.float().cpu().numpy()
+        return EncodedAvatar(
+            pyramid=tuple(level.float() for level in state.pyramid),
+            id_tokens=state.id_tokens.float(),
+            source_keypoints=state.source_keypoints.float(),
+            source_code=code,
+            runner=self.name,
+        )
+
+    def motion_chunk(
+        self,
+        avatars: Sequence[EncodedAvatar],
+        noise: np.ndarray,
+        context: np.ndarray,
+        mel: np.ndarray,
+        visemes: np.ndarray | None,
+        weights: np.ndarray,
+    ) -> np.ndarray:
+        """One chunk per row (see the module doc); float32 codes [B, K, D]."""
+        b = check_motion_inputs(self.spec, avatars, noise, context, mel, visemes, weights)
+        self._own(avatars)
+        if b > self.max_batch:
+            raise ModelInputError(f"motion_chunk: {b} rows, this runner takes {self.max_batch}")
+        rows = self._rows(b)
+        model, spec = self.model, self.spec
+        with self._ctx():
+            ids = self._stacked(avatars, rows)[-2]
+            vis = None if visemes is None else self._tensor(visemes, rows)
+            n_cond = spec.context_frames + spec.chunk_frames
+            audio = model.audio_encoder(self._tensor(mel, rows), vis)[:, -n_cond:]
+            ctx = model.motion_dit.normalize(self._tensor(context, rows))
+            x0 = self._tensor(noise, rows)
+            w = self._tensor(weights, rows)
+            if spec.student:
+                out = self._sample_student(x0, ctx, audio, ids, w)
+            else:
+                out = self._sample_teacher(x0, ctx, audio, ids, weights, rows)
+            codes = model.motion_dit.denormalize(out.float())
+        return codes[:b].float().cpu().numpy()
+
+    def _velocity(self, ctx: Any, audio: Any, ids: Any, guidance: Any) -> Any:
+        b = ctx.shape[0]
+        dit = self._dit_fn
+
+        def velocity(x: Any, t: Any, ak: Any, ik: Any, g: Any) -> Any:
+            n = x.shape[0] // b
+
+            def rep(z: Any) -> Any:
+                return z if n == 1 else z.repeat(n, *([1] * (z.ndim - 1)))
+
+            given = g if guidance is None else rep(guidance)
+            return dit(x, t, rep(ctx), rep(audio), rep(ids), ak, ik, given)
+
+        return velocity
+
+    def _sample_student(self, x0: Any, ctx: Any, audio: Any, ids: Any, w: Any) -> Any:
+        # The sampler's own weights are replaced by each row's: one pass per step.
+        return self._sampler.sample(self._velocity(ctx, audio, ids, w.to(x0.dtype)), x0)
+
+    def _sample_teacher(
+        self, x0: Any, ctx: Any, audio: Any, ids: Any, weights: np.ndarray, rows: int
+    ) -> Any:
+        import torch
+
+        padded = np.concatenate([weights, np.repeat(weights[-1:], rows - len(weights), 0)])
+        groups: dict[tuple[float, float], list[int]] = {}
+        for i, (wa, wi) in enumerate(padded.tolist()):
+            groups.setdefault((wa, wi), []).append(i)
+        out = torch.empty_like(x0)
+        if len(groups) == 1:
+            ((wa, wi),) = groups
+            return self._teacher(wa, wi).sample(self._velocity(ctx, audio, ids, None), x0)
+        for (wa, wi), index in groups.items():
+            sel = torch.tensor(index, device=x0.device)
+            part = [z.index_select(0, sel) for z in (ctx, audio, ids, x0)]
+            v = self._velocity(part[0], part[1], part[2], None)
+            out[sel] = self._teacher(wa, wi).sample(v, part[3])
+        return out
+
+    def render(self, avatars: Sequence[EncodedAvatar], codes: np.ndarray) -> np.ndarray:
+        """Frames of codes [B, T, D] on each row's avatar: uint8 [B, T, S, S, 3]."""
+        import torch
+
+        b = check_render_inputs(self.spec, avatars, codes)
+        self._own(avatars)
+        if b > self.max_batch:
+            raise ModelInputError(f"render: {b} rows, this runner takes {self.max_batch}")
+        rows = self._rows(b)
+        t = codes.shape[1]
+        with self._ctx():
+            *pyramid, ids, kp_src = self._stacked(avatars, rows)
+
+            def per_frame(x: Any) -> Any:
+                return x[:, None].expand(rows, t, *x.shape[1:]).reshape(rows * t, *x.shape[1:])
+
+            code = self._tensor(codes, rows).reshape(rows * t, -1)
+            rgb, _, _ = self._render_fn(
+                tuple(per_frame(level) for level in pyramid),
+                per_frame(ids),
+                per_frame(kp_src),
+                self.model.keypoints(code),
+            )
+            x = ((rgb.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+            x = x.reshape(rows, t, *x.shape[1:]).permute(0, 1, 3, 4, 2)[:b]
+        return np.ascontiguousarray(x.cpu().numpy())
+
+
+def load_runner(kind: str, checkpoint: str | os.PathLike[str], **options: Any) -> Runner:
+    """The runner ``kind`` ("torch" or "onnx") for a checkpoint.
+
+    Args:
+        kind: "torch", or "onnx" (needs ``avatar.deploy.onnx_runner``).
+        checkpoint: a ``save_pretrained`` folder or file (onnx: also an export folder).
+        options: fields of that runner's options (``TorchRunnerOptions`` for torch,
+            ``OnnxRunnerOptions`` for onnx).
+
+    Raises:
+        ModelConfigError: an unknown kind or bad options.
+        ModelNotFoundError / CheckpointError: from loading the checkpoint.
+    """
+    if kind == "torch":
+        return TorchRunner.load(checkpoint, TorchRunnerOptions(**options))
+    if kind == "onnx":
+        try:
+            from avatar.deploy.onnx_runner import OnnxRunner
+        except ImportError as err:
+            raise GeneratorError(f"the onnx runner is not available here: {err}") from err
+        return OnnxRunner.load(checkpoint, **options)
+    raise ModelConfigError(f"unknown runner {kind!r}: use 'torch' or 'onnx'")
