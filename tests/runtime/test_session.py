@@ -340,7 +340,6 @@ async def test_an_avatar_crash_keeps_the_voice_going(monkeypatch, tmp_path, ques
     """Fault knob: a generator that breaks mid-session (the rest is the real server)."""
     import uvicorn
 
-    import runtime.session
     from avatar.errors import GeneratorError
     from avatar.procedural.generator import ProceduralGenerator
     from runtime.config import load_config
@@ -355,7 +354,7 @@ async def test_an_avatar_crash_keeps_the_voice_going(monkeypatch, tmp_path, ques
                 raise GeneratorError("the face model crashed")
             return await super().__anext__()
 
-    monkeypatch.setattr(runtime.session, "ProceduralGenerator", Breaks)
+    monkeypatch.setattr("avatar.procedural.generator.ProceduralGenerator", Breaks)
     port = free_port()
     app = create_app(load_config(data_dir=tmp_path))
     server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None, lifespan="on"))
