@@ -155,6 +155,7 @@ def _bench_neural(
     streams: str,
     checkpoint: str,
     steps: int,
+    threads: int,
 ) -> None:
     """``bench avatar --backend neural``: all cores, a table per stream count, JSON."""
     from avatar.bench_neural import (
@@ -168,7 +169,9 @@ def _bench_neural(
 
     try:
         counts = parse_streams(streams)
-        options = NeuralBenchOptions(size, engine, device, counts, seconds, steps, checkpoint)
+        options = NeuralBenchOptions(
+            size, engine, device, counts, seconds, steps, checkpoint, threads=threads
+        )
     except NeuralBenchError as err:
         raise InputError(str(err)) from None
     avatar = None if face == "synthetic" else resolve_avatar(state.load(), face)
@@ -197,6 +200,7 @@ def bench_avatar(
     streams: Annotated[str, typer.Option(help="neural: concurrent streams")] = "1,2,4,8",
     checkpoint: Annotated[str, typer.Option(help="neural: student; empty = random")] = "",
     steps: Annotated[int, typer.Option(min=1, max=4, help="neural: student steps")] = 2,
+    threads: Annotated[int, typer.Option(min=0, help="neural: CPU threads; 0 = all")] = 0,
 ) -> None:
     """Procedural: one CPU core, fps, frame ms, first frame, CPU use. Neural: fps per
     stream and with 1-8 batched streams, first-chunk latency, ms per chunk, GFLOPs, memory."""
@@ -205,7 +209,7 @@ def bench_avatar(
     from runtime.bench import machine_info
 
     if backend == "neural":
-        options = (size, engine, device, streams, checkpoint, steps)
+        options = (size, engine, device, streams, checkpoint, steps, threads)
         _bench_neural(json_path, seconds, face, *options)
         return
     if backend != "procedural":

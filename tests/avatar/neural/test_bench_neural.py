@@ -58,23 +58,24 @@ def check_result(data: dict, streams: list[int], runtime: str, device: str) -> N
     assert metrics["realtime_factor"] == pytest.approx(one["fps_per_stream"] / 25.0)
 
 
+@pytest.mark.slow
 def test_bench_neural_tiny_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     result = run(
         "bench", "avatar", "--backend", "neural", "--size", "tiny", "--device", "cpu",
-        "--seconds", "1", "--streams", "1,2,4,8", "--json", str(out),
+        "--seconds", "1", "--streams", "1,4", "--json", str(out),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     assert data["bench"] == "avatar" and data["machine"]["cores"] >= 1
-    check_result(data, [1, 2, 4, 8], "torch", "cpu")
+    check_result(data, [1, 4], "torch", "cpu")
     assert "batched streams" in result.stdout and "first_chunk_ms" in result.stdout
     assert "random-initialised" in result.stderr
 
 
 def test_bench_neural_onnx_runtime_in_process():
-    options = NeuralBenchOptions("tiny", "onnx", "cpu", streams=(1, 3), seconds=0.5)
-    check_result(bench_neural(options), [1, 3], "onnx", "cpu")
+    options = NeuralBenchOptions("tiny", "onnx", "cpu", streams=(1, 2), seconds=0.5)
+    check_result(bench_neural(options), [1, 2], "onnx", "cpu")
 
 
 def test_bad_options_are_refused_plainly():
@@ -87,8 +88,8 @@ def test_bad_options_are_refused_plainly():
         NeuralBenchOptions(runtime="tensorflow")
     result = run("bench", "avatar", "--backend", "neural", "--size", "huge")
     assert result.returncode == 2 and "size must be one of" in result.stderr
-    result = run("bench", "avatar", "--backend", "neural", "--streams", "0")
-    assert result.returncode == 2 and "streams" in result.stderr
+    with pytest.raises(NeuralBenchError, match="streams"):
+        NeuralBenchOptions(streams=(0,))
 
 
 @pytest.mark.gpu

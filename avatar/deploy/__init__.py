@@ -1,0 +1,1 @@
+"""Deployment of the neural generator: ONNX export and the onnxruntime runner."""
