@@ -53,13 +53,15 @@ from avatar.deploy.onnx import (
 from avatar.errors import ModelNotFoundError
 from avatar.models.checkpoint import weights_path
 from avatar.models.config import CONFIG_VERSION, GeneratorConfig, config_from_dict
-from avatar.models.errors import CheckpointError, ModelConfigError, ModelInputError
+from avatar.models.errors import CheckpointError, ModelConfigError
 from avatar.models.generator import DualBranchGenerator
 from avatar.pipelines.runner import (
     EncodedAvatar,
     RunnerSpec,
+    check_crop,
     check_motion_inputs,
     check_render_inputs,
+    check_rows,
     to_uint8_frames_numpy,
 )
 from avatar.samplers.flow_matching import MAX_STUDENT_STEPS
@@ -287,30 +289,13 @@ class OnnxRunner:
         }
         return self.sessions[graph].run(None, arrays)
 
-    def _own(self, avatars: Sequence[EncodedAvatar], call: str) -> None:
-        for a in avatars:
-            if a.runner != self.name:
-                raise ModelInputError(
-                    f"{call}: an avatar encoded by the {a.runner!r} runner was given; "
-                    "encode it with this runner"
-                )
-        if len(avatars) > self.max_batch:
-            raise ModelInputError(
-                f"{call}: {len(avatars)} rows, this runner takes {self.max_batch}"
-            )
-
     def encode_avatar(self, crop: np.ndarray) -> EncodedAvatar:
         """Encode the aligned crop float32 [1, 3, S, S] in [-1, 1]; keep it per avatar.
 
         Raises:
             ModelInputError: wrong shape or dtype.
         """
-        s = self.spec.image_size
-        if not isinstance(crop, np.ndarray) or crop.shape != (1, 3, s, s):
-            got = getattr(crop, "shape", type(crop))
-            raise ModelInputError(f"encode_avatar: crop must be float32 [1, 3, {s}, {s}], {got}")
-        if crop.dtype != np.float32:
-            raise ModelInputError(f"encode_avatar: crop must be float32, got {crop.dtype}")
+        check_crop(self.spec, crop)
         out = self._run(AVATAR_GRAPH, {"image": crop})
         n = len(self.config.appearance.channels)
         return EncodedAvatar(
@@ -344,7 +329,7 @@ class OnnxRunner:
             ModelInputError: inputs that do not fit (the message names which).
         """
         b = check_motion_inputs(self.spec, avatars, noise, context, mel, visemes, weights)
-        self._own(avatars, "motion_chunk")
+        check_rows(self, avatars, "motion_chunk")
         if visemes is None:
             vis, keep = np.zeros((b, self.spec.window_frames), np.int64), np.zeros(b, np.float32)
         else:
@@ -370,7 +355,7 @@ class OnnxRunner:
             ModelInputError: codes of the wrong shape or dtype for the avatars.
         """
         check_render_inputs(self.spec, avatars, codes)
-        self._own(avatars, "render")
+        check_rows(self, avatars, "render")
         names = self._io[RENDERER_GRAPH]["inputs"]
         levels = [
             np.concatenate(level) for level in zip(*[a.pyramid for a in avatars], strict=True)

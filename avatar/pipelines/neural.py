@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from avatar.errors import GeneratorError, ImageInputError
+from avatar.errors import GeneratorError
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
 from avatar.models.errors import ModelConfigError
 from avatar.pipelines.framing import FaceFraming
@@ -54,6 +54,7 @@ from avatar.pipelines.runner import EncodedAvatar, Runner
 from avatar.pipelines.scheduler import BatchScheduler, ChunkRequest, ChunkResult
 from avatar.pipelines.segment import NeuralSegment
 from avatar.samplers.chunks import chunk_noise
+from avatar.streaming import SegmentedGenerator, check_avatar, check_ranges
 from avatar.types import EndOfSegment, PreparedAvatar, TimingLike, VideoFrame
 
 
@@ -100,10 +101,7 @@ class NeuralOptions:
             ("crop_shift", -0.5 <= self.crop_shift <= 0.5, "-0.5..0.5"),
             ("feather_px", self.feather_px is None or self.feather_px >= 0, ">= 0 or None"),
         )
-        for name, ok, allowed in checks:
-            if not ok:
-                value = getattr(self, name)
-                raise ValueError(f"NeuralOptions.{name}={value!r} is outside {allowed}")
+        check_ranges(self, checks)
 
 
 def stream_seed(seed: int, what: str) -> int:
@@ -116,30 +114,6 @@ def segment_seed(seed: int, segment_id: int) -> int:
     """The noise seed of speech segment ``segment_id`` (its chunk ``i`` uses
     ``chunk_noise(segment_seed(...), i, ...)``)."""
     return stream_seed(seed, f"speech:{segment_id}")
-
-
-def _check_avatar(avatar: PreparedAvatar) -> None:
-    image, lm = np.asarray(avatar.image), np.asarray(avatar.landmarks)
-    if image.ndim != 3 or image.shape[2] < 3 or image.dtype != np.uint8:
-        raise ImageInputError(f"avatar {avatar.id}: image must be uint8 RGB, got {image.shape}")
-    if image.shape[0] != image.shape[1]:
-        raise ImageInputError(f"avatar {avatar.id}: image must be square, got {image.shape[:2]}")
-    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
-        raise ImageInputError(f"avatar {avatar.id}: needs 68 finite landmarks, got {lm.shape}")
-
-
-def _mono_float(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Audio as float32 mono samples (integer PCM is scaled to [-1, 1])."""
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate={sample_rate} must be positive")
-    data = np.asarray(pcm)
-    if data.dtype.kind in "iu":
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
-    if data.ndim == 2 and 1 in data.shape:
-        data = data.reshape(-1)
-    if data.ndim != 1:
-        raise ValueError(f"audio must be mono (n,), got shape {data.shape}")
-    return data.astype(np.float32, copy=False)
 
 
 @dataclass(slots=True)
@@ -160,9 +134,11 @@ class _Ready:
     segment: NeuralSegment | None
 
 
-class NeuralGenerator:
+class NeuralGenerator(SegmentedGenerator[NeuralSegment]):
     """Streams frames of one avatar for one session (see :mod:`avatar.base` and the
     module doc). Build it with :meth:`load`; push audio, flush, iterate; ``aclose()``.
+    ``push_audio``, ``flush`` and ``clear_buffer`` come from
+    :class:`~avatar.streaming.SegmentedGenerator`.
 
     Attributes:
         name: "neural".
@@ -172,6 +148,7 @@ class NeuralGenerator:
     """
 
     name = "neural"
+    options: NeuralOptions
 
     def __init__(
         self,
@@ -182,9 +159,7 @@ class NeuralGenerator:
         owns_scheduler: bool = False,
     ) -> None:
         """Keep ready parts; most callers want :meth:`load`."""
-        self.options = options
-        self.fps = float(options.fps)
-        self.size = options.size
+        super().__init__(options)
         self.framing = framing
         self.scheduler = scheduler
         self.spec = scheduler.spec
@@ -196,17 +171,8 @@ class NeuralGenerator:
         self._avatar: EncodedAvatar | None = None
         self._encoding: asyncio.Future | None = None
         self._shown: np.ndarray | None = None  # codes [1, C, D] of the last C frames shown
-        self._segments: deque[NeuralSegment] = deque()
-        self._open: NeuralSegment | None = None
         self._ready: deque[_Ready] = deque()
-        self._ends: deque[EndOfSegment] = deque()
         self._job: _Job | None = None
-        self._index = 0
-        self._next_id = 0
-        self._epoch = 0
-        self._closed = False
-        self._starved = False
-        self._wake = asyncio.Event()
 
     @classmethod
     def load(
@@ -231,7 +197,7 @@ class NeuralGenerator:
         options = options or NeuralOptions()
         if runner is None:
             raise ModelConfigError("NeuralGenerator.load needs a runner or a BatchScheduler")
-        _check_avatar(avatar)
+        check_avatar(avatar)
         owns = not isinstance(runner, BatchScheduler)
         scheduler = BatchScheduler(runner) if owns else runner
         spec = scheduler.spec
@@ -251,58 +217,30 @@ class NeuralGenerator:
         key = f"{avatar.id}|{options.size}|{options.crop_scale}|{options.crop_shift}"
         return cls(framing, scheduler, options, key, owns)
 
-    # ----------------------------------------------------------------- input
+    def _new_segment(self, segment_id: int) -> NeuralSegment:
+        seed = segment_seed(self.options.seed, segment_id)
+        return NeuralSegment(segment_id, seed, self.spec, self.options.visemes)
 
-    async def push_audio(
-        self, pcm: np.ndarray, sample_rate: int, timings: Sequence[TimingLike] | None = None
-    ) -> None:
-        """Queue speech (mono float) of the current segment; timings relative to this chunk."""
-        if self._closed:
-            raise GeneratorError("push_audio on a closed generator")
-        data = _mono_float(pcm, sample_rate)
-        if len(data) == 0:
-            return
-        if self._open is None:
-            seed = segment_seed(self.options.seed, self._next_id)
-            self._open = NeuralSegment(self._next_id, seed, self.spec, self.options.visemes)
-            self._next_id += 1
-            self._segments.append(self._open)
-            if len(self._segments) == 1:  # speech takes over from idle at the next slot
-                self._ready = deque(r for r in self._ready if r.segment is not None)
-        self._open.add(data, sample_rate, timings)
-        self._wake.set()
+    def _speech_takes_over(self) -> None:
+        """Speech takes over from idle at the next slot: idle frames made ahead go."""
+        self._ready = deque(r for r in self._ready if r.segment is not None)
 
-    async def flush(self) -> None:
-        """End the current segment: its last frames, then an EndOfSegment, follow."""
-        if self._open is not None:
-            self._open.flush()
-            self._open = None
-            self._wake.set()
-
-    async def clear_buffer(self) -> None:
-        """Barge-in: drop queued audio and frames; EndOfSegment(interrupted=True) follows.
-
-        The motion goes on from the frames already shown (no jump).
-        """
-        self._epoch += 1
-        for seg in self._segments:
-            start = seg.start_index if seg.start_index >= 0 else self._index
-            self._ends.append(EndOfSegment(seg.id, (start + seg.done) / self.fps, True))
-        self._segments.clear()
+    def _drop_queued(self) -> None:
+        """Forget queued speech and the frames made ahead (the motion goes on from the
+        frames already shown: no jump)."""
+        super()._drop_queued()
         self._ready.clear()
-        self._open = None
-        self._wake.set()
+
+    @property
+    def _starved_wait(self) -> float:
+        """Seconds to wait for audio again once a segment has run dry (one chunk)."""
+        return self.spec.chunk_frames / self.fps
 
     async def aclose(self) -> None:
         """Stop: iteration ends, queued audio is dropped; waits for a chunk being made."""
         if self._closed:
             return
-        self._closed = True
-        self._segments.clear()
-        self._ready.clear()
-        self._ends.clear()
-        self._open = None
-        self._wake.set()
+        self._shut()
         pending = [f for f in (self._job and self._job.task, self._encoding) if f is not None]
         if pending:
             await asyncio.wait(pending)
@@ -337,9 +275,7 @@ class NeuralGenerator:
                 if self._segments:
                     seg = self._segments[0]
                     if seg.finished():
-                        self._segments.popleft()
-                        start = seg.start_index if seg.start_index >= 0 else self._index
-                        return EndOfSegment(seg.id, start / self.fps + seg.duration, False)
+                        return self._pop_finished(seg)
                     if seg.start_index < 0:
                         seg.start_index = self._index
                         seg.context = self._shown.copy()
@@ -410,18 +346,6 @@ class NeuralGenerator:
         seg = self._segments[0]
         if seg.start_index >= 0 and seg.context is not None and seg.chunk_ready():
             self._job = self._start_speech(seg)
-
-    async def _wait_for_audio(self, seg: NeuralSegment) -> None:
-        self._wake.clear()
-        chunk_s = self.spec.chunk_frames / self.fps
-        timeout = chunk_s if self._starved else self.options.underrun_timeout
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-            self._starved = False
-        except TimeoutError:
-            if self._segments and self._segments[0] is seg and not seg.flushed:
-                self._starved = True
-                seg.pad_silence(seg.silence_needed())
 
     def _start_speech(self, seg: NeuralSegment) -> _Job:
         i = seg.next_chunk

@@ -47,21 +47,19 @@ import numpy as np
 
 from avatar.errors import GeneratorError
 from avatar.models.errors import ModelConfigError, ModelInputError
+from avatar.samplers.chunks import ChunkLayout
 
 
 @dataclass(frozen=True, slots=True)
-class RunnerSpec:
+class RunnerSpec(ChunkLayout):
     """The static sizes a runner's model implies (everything the pipeline must know).
+
+    It is the model's :class:`~avatar.samplers.chunks.ChunkLayout` (K, C, L, A, m,
+    n_mels and the window arithmetic) plus the sizes below.
 
     Attributes:
         image_size: S, side of the model's square face crop.
         code_dim: D, length of one frame's motion code.
-        chunk_frames: K, frames per motion chunk.
-        context_frames: C, previous frames a chunk attends to.
-        lookahead_frames: L, frames of audio after a chunk that it may hear.
-        audio_context_frames: A, extra audio frames before the context (receptive field − 1).
-        mel_per_frame: m, log-mel rows per video frame.
-        n_mels: mel bins.
         n_visemes: viseme ids are below this.
         fps: video frames per second.
         student: True when the model is a distilled student (say weights as an input).
@@ -69,12 +67,6 @@ class RunnerSpec:
 
     image_size: int
     code_dim: int
-    chunk_frames: int
-    context_frames: int
-    lookahead_frames: int
-    audio_context_frames: int
-    mel_per_frame: int
-    n_mels: int
     n_visemes: int
     fps: float
     student: bool
@@ -95,16 +87,6 @@ class RunnerSpec:
             n_visemes=a.n_visemes,
             fps=float(config.fps),
             student=bool(d.guidance_embed),
-        )
-
-    @property
-    def window_frames(self) -> int:
-        """W = A + C + K + L, video frames of audio one chunk reads."""
-        return (
-            self.audio_context_frames
-            + self.context_frames
-            + self.chunk_frames
-            + self.lookahead_frames
         )
 
     @property
@@ -172,6 +154,36 @@ class Runner(Protocol):
     def render(self, avatars: Sequence[EncodedAvatar], codes: np.ndarray) -> np.ndarray:
         """Frames of motion codes [B, T, D] on each row's avatar: uint8 [B, T, S, S, 3]."""
         ...
+
+
+def check_crop(spec: RunnerSpec, crop: np.ndarray) -> None:
+    """Check ``encode_avatar``'s crop: float32 [1, 3, S, S].
+
+    Raises:
+        ModelInputError: wrong shape or dtype.
+    """
+    s = spec.image_size
+    if not isinstance(crop, np.ndarray) or crop.shape != (1, 3, s, s):
+        got = getattr(crop, "shape", type(crop))
+        raise ModelInputError(f"encode_avatar: crop must be float32 [1, 3, {s}, {s}], {got}")
+    if crop.dtype != np.float32:
+        raise ModelInputError(f"encode_avatar: crop must be float32, got {crop.dtype}")
+
+
+def check_rows(runner: Runner, avatars: Sequence[EncodedAvatar], call: str) -> None:
+    """Check that ``runner`` encoded every avatar of a ``call`` and takes that many rows.
+
+    Raises:
+        ModelInputError: an avatar of another runner, or more rows than ``max_batch``.
+    """
+    for a in avatars:
+        if a.runner != runner.name:
+            raise ModelInputError(
+                f"{call}: an avatar encoded by the {a.runner!r} runner was given; "
+                "encode it with this runner"
+            )
+    if len(avatars) > runner.max_batch:
+        raise ModelInputError(f"{call}: {len(avatars)} rows, this runner takes {runner.max_batch}")
 
 
 def check_motion_inputs(
@@ -399,11 +411,6 @@ class TorchRunner:
     def _rows(self, b: int) -> int:
         return _bucket(b) if self._pad else b
 
-    def _own(self, avatars: Sequence[EncodedAvatar]) -> None:
-        for a in avatars:
-            if a.runner != self.name:
-                raise ModelInputError(f"an avatar encoded by the {a.runner!r} runner was given")
-
     def _stacked(self, avatars: Sequence[EncodedAvatar], rows: int) -> tuple[Any, ...]:
         """(pyramid levels..., id tokens, source keypoints) of the rows, cached per batch."""
         import torch
@@ -431,12 +438,7 @@ class TorchRunner:
         Raises:
             ModelInputError: wrong shape or dtype.
         """
-        s = self.spec.image_size
-        if not isinstance(crop, np.ndarray) or crop.shape != (1, 3, s, s):
-            got = getattr(crop, "shape", type(crop))
-            raise ModelInputError(f"encode_avatar: crop must be float32 [1, 3, {s}, {s}], {got}")
-        if crop.dtype != np.float32:
-            raise ModelInputError(f"encode_avatar: crop must be float32, got {crop.dtype}")
+        check_crop(self.spec, crop)
         with self._ctx():
             state = self.model.encode_avatar(self._tensor(crop))
         code = state.source_code.float().cpu().numpy()
@@ -459,9 +461,7 @@ class TorchRunner:
     ) -> np.ndarray:
         """One chunk per row (see the module doc); float32 codes [B, K, D]."""
         b = check_motion_inputs(self.spec, avatars, noise, context, mel, visemes, weights)
-        self._own(avatars)
-        if b > self.max_batch:
-            raise ModelInputError(f"motion_chunk: {b} rows, this runner takes {self.max_batch}")
+        check_rows(self, avatars, "motion_chunk")
         rows = self._rows(b)
         model, spec = self.model, self.spec
         with self._ctx():
@@ -523,9 +523,7 @@ class TorchRunner:
         import torch
 
         b = check_render_inputs(self.spec, avatars, codes)
-        self._own(avatars)
-        if b > self.max_batch:
-            raise ModelInputError(f"render: {b} rows, this runner takes {self.max_batch}")
+        check_rows(self, avatars, "render")
         rows = self._rows(b)
         t = codes.shape[1]
         with self._ctx():

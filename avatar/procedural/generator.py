@@ -20,15 +20,15 @@ underrun. Audio pushed later follows that silence.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from avatar.errors import GeneratorError, ImageInputError
+from avatar.errors import GeneratorError
 from avatar.procedural.renderer import FrameRenderer
 from avatar.procedural.segment import SpeechSegment
+from avatar.streaming import SegmentedGenerator, check_avatar, check_ranges, mono_float
 from avatar.types import EndOfSegment, PreparedAvatar, TimingLike, VideoFrame
 
 
@@ -70,38 +70,11 @@ class ProceduralOptions:
             ("articulation", 0.0 <= self.articulation <= 2.0, "0..2"),
             ("underrun_timeout", 0.0 < self.underrun_timeout <= 30.0, "0..30 s"),
         )
-        for name, ok, allowed in checks:
-            if not ok:
-                value = getattr(self, name)
-                raise ValueError(f"ProceduralOptions.{name}={value!r} is outside {allowed}")
-
-
-def _check_avatar(avatar: PreparedAvatar) -> None:
-    image, lm = np.asarray(avatar.image), np.asarray(avatar.landmarks)
-    if image.ndim != 3 or image.shape[2] < 3 or image.dtype != np.uint8:
-        raise ImageInputError(f"avatar {avatar.id}: image must be uint8 RGB, got {image.shape}")
-    if image.shape[0] != image.shape[1]:
-        raise ImageInputError(f"avatar {avatar.id}: image must be square, got {image.shape[:2]}")
-    if lm.shape != (68, 2) or not np.all(np.isfinite(lm)):
-        raise ImageInputError(f"avatar {avatar.id}: needs 68 finite landmarks, got {lm.shape}")
-
-
-def _mono_float(pcm: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Audio as float32 mono samples (integer PCM is scaled to [-1, 1])."""
-    if sample_rate <= 0:
-        raise ValueError(f"sample_rate={sample_rate} must be positive")
-    data = np.asarray(pcm)
-    if data.dtype.kind in "iu":
-        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
-    if data.ndim == 2 and 1 in data.shape:
-        data = data.reshape(-1)
-    if data.ndim != 1:
-        raise ValueError(f"audio must be mono (n,), got shape {data.shape}")
-    return data.astype(np.float32, copy=False)
+        check_ranges(self, checks)
 
 
 def _renderer(avatar: PreparedAvatar, options: ProceduralOptions) -> FrameRenderer:
-    _check_avatar(avatar)
+    check_avatar(avatar)
     return FrameRenderer.create(
         avatar,
         options.size,
@@ -139,7 +112,7 @@ def render_clip(
     options = options or ProceduralOptions()
     renderer = _renderer(avatar, options)
     seg = SpeechSegment(0, 0, options.fps, options.lookahead)
-    seg.add(_mono_float(pcm, sample_rate), sample_rate, timings)
+    seg.add(mono_float(pcm, sample_rate), sample_rate, timings)
     seg.flushed = True
     inbox = seg.take_inbox()
     frames = []
@@ -149,10 +122,12 @@ def render_clip(
     return frames
 
 
-class ProceduralGenerator:
+class ProceduralGenerator(SegmentedGenerator[SpeechSegment]):
     """Streams frames of one avatar for one session (see :mod:`avatar.base`).
 
     Build it with :meth:`load`; push audio, flush, iterate; ``aclose()`` at the end.
+    ``push_audio``, ``flush`` and ``clear_buffer`` come from
+    :class:`~avatar.streaming.SegmentedGenerator`.
 
     Attributes:
         name: "procedural".
@@ -161,23 +136,13 @@ class ProceduralGenerator:
     """
 
     name = "procedural"
+    options: ProceduralOptions
 
     def __init__(self, renderer: FrameRenderer, options: ProceduralOptions) -> None:
         """Keep a ready renderer; most callers want :meth:`load`."""
-        self.options = options
-        self.fps = float(options.fps)
-        self.size = options.size
+        super().__init__(options)
         self._renderer = renderer
-        self._segments: deque[SpeechSegment] = deque()
-        self._pending: deque[EndOfSegment] = deque()
-        self._open: SpeechSegment | None = None
-        self._index = 0
-        self._next_id = 0
-        self._epoch = 0
-        self._closed = False
-        self._wake = asyncio.Event()
         self._last_shape = np.zeros(5, np.float32)
-        self._starved = False
         self._job: _Job | None = None
 
     @classmethod
@@ -192,48 +157,12 @@ class ProceduralGenerator:
         options = options or ProceduralOptions()
         return cls(_renderer(avatar, options), options)
 
-    # ----------------------------------------------------------------- input
-
-    async def push_audio(
-        self, pcm: np.ndarray, sample_rate: int, timings: Sequence[TimingLike] | None = None
-    ) -> None:
-        """Queue speech (mono float32) of the current segment; timings relative to this chunk."""
-        if self._closed:
-            raise GeneratorError("push_audio on a closed generator")
-        data = _mono_float(pcm, sample_rate)
-        if len(data) == 0:
-            return
-        if self._open is None:
-            self._open = SpeechSegment(self._next_id, -1, self.fps, self.options.lookahead)
-            self._next_id += 1
-            self._segments.append(self._open)
-        self._open.add(data, sample_rate, timings)
-        self._wake.set()
-
-    async def flush(self) -> None:
-        """End the current segment: its last frames, then an EndOfSegment, follow."""
-        if self._open is not None:
-            self._open.flushed = True
-            self._open = None
-            self._wake.set()
-
-    async def clear_buffer(self) -> None:
-        """Barge-in: drop queued audio and frames; EndOfSegment(interrupted=True) follows."""
-        self._epoch += 1
-        for seg in self._segments:
-            start = seg.start_index if seg.start_index >= 0 else self._index
-            self._pending.append(EndOfSegment(seg.id, (start + seg.done) / self.fps, True))
-        self._segments.clear()
-        self._open = None
-        self._wake.set()
+    def _new_segment(self, segment_id: int) -> SpeechSegment:
+        return SpeechSegment(segment_id, -1, self.fps, self.options.lookahead)
 
     async def aclose(self) -> None:
         """Stop: iteration ends, queued audio is dropped; waits for a frame being drawn."""
-        self._closed = True
-        self._segments.clear()
-        self._pending.clear()
-        self._open = None
-        self._wake.set()
+        self._shut()
         if self._job is not None:
             await asyncio.wait([self._job.task])
 
@@ -247,14 +176,12 @@ class ProceduralGenerator:
             if self._closed:
                 raise StopAsyncIteration
             if self._job is None:
-                if self._pending:
-                    return self._pending.popleft()
+                if self._ends:
+                    return self._ends.popleft()
                 if self._segments:
                     seg = self._segments[0]
                     if seg.finished():
-                        self._segments.popleft()
-                        start = seg.start_index if seg.start_index >= 0 else self._index
-                        return EndOfSegment(seg.id, start / self.fps + seg.duration, False)
+                        return self._pop_finished(seg)
                     if not seg.ready(seg.done):
                         await self._wait_for_audio(seg)
                         continue
@@ -272,18 +199,6 @@ class ProceduralGenerator:
             item = self._finish(job, result)
             if item is not None:
                 return item
-
-    async def _wait_for_audio(self, seg: SpeechSegment) -> None:
-        self._wake.clear()
-        timeout = 1.0 / self.fps if self._starved else self.options.underrun_timeout
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-            self._starved = False
-        except TimeoutError:
-            if self._segments and self._segments[0] is seg and not seg.flushed:
-                self._starved = True
-                needed = seg.done / self.fps + self.options.lookahead - seg.duration
-                seg.pad_silence(max(needed, 1.0 / self.fps))
 
     def _start_job(self) -> _Job:
         """Take the next frame slot and start drawing it in the worker thread."""

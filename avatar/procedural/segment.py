@@ -91,9 +91,18 @@ class SpeechSegment:
             return total is not None and k < total
         return self.duration >= k / self.fps + self.lookahead - 1e-9
 
+    def flush(self) -> None:
+        """End of the segment's audio: its frame count is now known."""
+        self.flushed = True
+
     def finished(self) -> bool:
         """Flushed and every frame yielded."""
         return self.flushed and self.done >= (self.total or 0)
+
+    def silence_needed(self) -> float:
+        """Seconds of silence that let the next frame be drawn (at least one frame's)."""
+        needed = self.done / self.fps + self.lookahead - self.duration
+        return max(needed, 1.0 / self.fps)
 
     def pad_silence(self, seconds: float) -> None:
         """Treat missing audio as silence (an underrun), so the segment can go on."""

@@ -32,6 +32,7 @@ from consent.portal.auth import (
     token_hash,
 )
 from consent.portal.models import ROLES, GuardianLink, Password, PortalSession, User
+from consent.store import utcnow
 
 if TYPE_CHECKING:
     from consent.store import ConsentStore
@@ -42,12 +43,6 @@ MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 MAX_NAME = 200
 MAX_BASIS = 2000
-
-
-def _now() -> datetime:
-    from consent.store import utcnow
-
-    return utcnow()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +211,7 @@ def create_user(
                 store.subject(subject_id)
             except NotFoundError:
                 raise PortalError(404, f"no subject {subject_id!r}") from None
-    now = _now()
+    now = utcnow()
     row = User(
         id=uuid.uuid4().hex,
         email=email,
@@ -271,9 +266,9 @@ def set_password(engine: Engine, user_id: str, password: str) -> None:
     with Session(engine) as s, s.begin():
         row = s.get(Password, user_id)
         if row is None:
-            s.add(Password(user_id=user_id, hash=hashed, updated_at=_now()))
+            s.add(Password(user_id=user_id, hash=hashed, updated_at=utcnow()))
         else:
-            row.hash, row.updated_at = hashed, _now()
+            row.hash, row.updated_at = hashed, utcnow()
 
 
 def password_signin(engine: Engine, email: Any, password: Any) -> UserInfo | None:
@@ -304,7 +299,7 @@ def start_session(
 
     Expired sessions of every user are deleted on the way.
     """
-    at = now or _now()
+    at = now or utcnow()
     token = new_token()
     with Session(engine) as s, s.begin():
         s.execute(delete(PortalSession).where(PortalSession.expires_at <= at))
@@ -325,7 +320,7 @@ def session_principal(
     engine: Engine, hashed_token: str, *, now: datetime | None = None
 ) -> tuple[Principal, str] | None:
     """(the signed-in user, the session's CSRF token) for a session, or None if none."""
-    at = now or _now()
+    at = now or utcnow()
     with Session(engine) as s:
         found = s.execute(
             select(PortalSession, User)
@@ -446,7 +441,7 @@ def link_guardian(
         raise PortalError(422, "only a person's own account can be a guardian")
     if guardian.subject_id == subject_id:
         raise PortalError(422, "a person cannot be their own guardian")
-    at = _now()
+    at = utcnow()
     with Session(store.engine) as s, s.begin():
         if s.get(Subject, subject_id) is None:
             raise PortalError(404, "no subject with that id")
@@ -486,7 +481,7 @@ def unlink_guardian(store: ConsentStore, link_id: str, *, by: str) -> LinkInfo:
     Raises:
         PortalError: 404 when there is no active link with that id.
     """
-    at = _now()
+    at = utcnow()
     with Session(store.engine) as s, s.begin():
         ended = s.execute(
             update(GuardianLink)

@@ -57,16 +57,11 @@ from consent.portal.auth import (
     token_hash,
 )
 from consent.portal.http import RouteSpec, api, json_body, ok, routes_of, thread
+from consent.store import utcnow
 
 TABLE: list[RouteSpec] = []
 NOT_YOURS = "no person with that id that you may act for"
 NO_GRANT = "no grant with that id"
-
-
-def _now():
-    from consent.store import utcnow
-
-    return utcnow()
 
 
 def actor(who: Principal, subject_id: str | None = None) -> str:
@@ -292,7 +287,7 @@ async def grants(request: Request, ctx: Any, who: Principal) -> Response:
         ids = [await acting_for(ctx, who, asked)]
     elif not who.subject_id and not who.has("guardian"):
         raise PortalError(403, "operators and auditors do not see people's grants")
-    now = _now()
+    now = utcnow()
     names = {s["id"]: s["display_name"] for s in await thread(_subjects, ctx, who)}
     if asked is None:
         ids = list(names)
@@ -346,7 +341,7 @@ async def issue_grant(request: Request, ctx: Any, who: Principal) -> Response:
     liveness_id = body.get("liveness_id")
     if liveness_id is not None and not isinstance(liveness_id, str):
         raise PortalError(422, "liveness_id must be the id of a passed check")
-    now = _now()
+    now = utcnow()
     grant = await thread(
         ctx.store.issue,
         ctx.keys,
@@ -381,7 +376,7 @@ async def grant_detail(request: Request, ctx: Any, who: Principal) -> Response:
     """One grant with its status and where and when it was used."""
     record = await _own_grant(ctx, who, request.path_params["grant_id"])
     items = await thread(data.uses, ctx.store, record.grant.subject)
-    return ok({"grant": data.grant_json(record, items, _now())})
+    return ok({"grant": data.grant_json(record, items, utcnow())})
 
 
 @api(TABLE, "POST", "/grants/{grant_id}/revoke")
@@ -403,7 +398,7 @@ async def revoke_grant(request: Request, ctx: Any, who: Principal) -> Response:
     items = await thread(data.uses, ctx.store, subject_id)
     return ok(
         {
-            "grant": data.grant_json(record, items, _now()),
+            "grant": data.grant_json(record, items, utcnow()),
             "epoch": info.epoch,
             "data_deleted": info.shredded,
         }
@@ -425,7 +420,7 @@ async def usage(request: Request, ctx: Any, who: Principal) -> Response:
 async def export(request: Request, ctx: Any, who: Principal) -> Response:
     """Download everything stored about this person (JSON)."""
     subject_id = await acting_for(ctx, who, request.path_params["subject_id"])
-    body = await thread(data.export, ctx.store, subject_id, by=actor(who, subject_id), now=_now())
+    body = await thread(data.export, ctx.store, subject_id, by=actor(who, subject_id), now=utcnow())
     disposition = f'attachment; filename="likeness-data-{subject_id[:32]}.json"'
     return ok(body, headers={"Content-Disposition": disposition})
 
@@ -439,7 +434,7 @@ async def delete(request: Request, ctx: Any, who: Principal) -> Response:
     if not isinstance(confirm, str) or confirm.strip().lower() != data.DELETE_WORD:
         raise PortalError(400, f'type "{data.DELETE_WORD}" to confirm: this cannot be undone')
     done = await thread(
-        data.delete_data, ctx.store, subject_id, by=actor(who, subject_id), now=_now()
+        data.delete_data, ctx.store, subject_id, by=actor(who, subject_id), now=utcnow()
     )
     return ok({"deleted": True} | done)
 

@@ -40,18 +40,13 @@ from consent.grants import format_time
 from consent.portal.accounts import MAX_NAME, UserInfo, check_text, user_by_email, user_by_id
 from consent.portal.auth import PortalError
 from consent.portal.models import Credential, WebAuthnChallenge
+from consent.store import utcnow
 
 if TYPE_CHECKING:
     from consent.store import ConsentStore
 
 CHALLENGE_TTL = timedelta(minutes=5)
 TIMEOUT_MS = 120_000
-
-
-def _now() -> datetime:
-    from consent.store import utcnow
-
-    return utcnow()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +97,7 @@ def remove_passkey(engine: Engine, user_id: str, passkey_id: str) -> None:
 
 
 def _store_challenge(engine: Engine, purpose: str, user_id: str | None, challenge: bytes) -> str:
-    at = _now()
+    at = utcnow()
     challenge_id = uuid.uuid4().hex
     with Session(engine) as s, s.begin():
         s.execute(delete(WebAuthnChallenge).where(WebAuthnChallenge.expires_at <= at))
@@ -129,7 +124,7 @@ def consume_challenge(
     """
     if not isinstance(challenge_id, str) or len(challenge_id) > 64:
         raise PortalError(400, "challenge_id is missing; start again")
-    at = now or _now()
+    at = now or utcnow()
     with Session(engine) as s, s.begin():
         taken = s.execute(
             update(WebAuthnChallenge)
@@ -215,7 +210,7 @@ def finish_registration(
         )
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise PortalError(400, f"the passkey could not be verified: {exc}") from None
-    at = _now()
+    at = utcnow()
     row = Credential(
         id=uuid.uuid4().hex,
         credential_id=bytes_to_base64url(verified.credential_id),
@@ -307,7 +302,7 @@ def finish_signin(
         )
     except (WebAuthnException, ValueError, KeyError, TypeError) as exc:
         raise PortalError(401, f"the passkey could not be verified: {exc}") from None
-    at = _now()
+    at = utcnow()
     with Session(store.engine) as s, s.begin():
         s.execute(
             update(Credential)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from avatar.base import AvatarGenerator
-from avatar.types import EndOfSegment, VideoFrame
+from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
 
 FPS = 25.0
 
@@ -56,6 +56,19 @@ class Backend:
     make: Callable[..., AvatarGenerator]
     first_s: float
     early_frames: int
+
+
+def procedural_backend(avatar: PreparedAvatar) -> Backend:
+    """The procedural generator on ``avatar``: 0.2 s of audio releases frames 0..4 (its
+    look-ahead is 40 ms)."""
+    from avatar.procedural import ProceduralGenerator, ProceduralOptions
+
+    return Backend(
+        "procedural",
+        lambda **kw: ProceduralGenerator.load(avatar, ProceduralOptions(**kw)),
+        first_s=0.2,
+        early_frames=5,
+    )
 
 
 async def until_end(frames, wait_s: float = 10.0) -> list:
@@ -136,7 +149,8 @@ async def segments_share_one_clock(backend: Backend, speech: Speech) -> None:
     await gen.aclose()
 
 
-async def clear_buffer_returns_to_idle(backend: Backend, speech: Speech) -> None:
+async def clear_buffer_returns_to_idle(backend: Backend, speech: Speech) -> list[VideoFrame]:
+    """Returns the idle frames after the cut, for backend-specific checks."""
     gen = backend.make(size=128)
     frames = aiter(gen)
     await gen.push_audio(speech.pcm, speech.sample_rate)
@@ -153,6 +167,7 @@ async def clear_buffer_returns_to_idle(backend: Backend, speech: Speech) -> None
     later = [await asyncio.wait_for(anext(frames), 10) for _ in range(4)]
     assert all(not f.speaking for f in later)
     await gen.aclose()
+    return later
 
 
 async def cancelled_pull_loses_no_frame(backend: Backend, speech: Speech) -> None:

@@ -1,11 +1,11 @@
 """The procedural generator on real speech (espeak-ng, made at test time) and the synthetic face.
 
-What is checked: the AvatarGenerator contract (chunk-by-chunk frames, flush,
-clear_buffer, idle frames, the pts clock), that the mouth follows the speech
-(correlation with the audio envelope, closed in silence, visemes for p/a/u/i/f),
-that only the face region changes when the head is still (and that head motion is
-one global transform), blinks, render_clip's frame count, the benchmark, and a
-contact sheet PNG to look at.
+What is checked: the AvatarGenerator contract (``tests/avatar/contract.py``:
+chunk-by-chunk frames, flush, clear_buffer, idle frames, the pts clock), that the mouth
+eases shut after a barge-in and follows the speech (correlation with the audio envelope,
+closed in silence, visemes for p/a/u/i/f), that only the face region changes when the
+head is still (and that head motion is one global transform), blinks, render_clip's
+frame count, the benchmark, and a contact sheet PNG to look at.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatar.base import AvatarGenerator
 from avatar.procedural import (
     ProceduralGenerator,
     ProceduralOptions,
@@ -35,6 +34,7 @@ from avatar.procedural.visemes import VisemeTrack, phoneme_shapes, word_sounds
 from avatar.procedural.warp import OUTLINES, FaceMesh, face_region
 from avatar.synthetic import make_demo_avatar
 from avatar.types import EndOfSegment, VideoFrame
+from tests.avatar import contract
 from tests.conftest import espeak_wav
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,15 +45,9 @@ VARIANT = 3  # a second synthetic face: other skin, hair, proportions
 
 
 @dataclass(frozen=True)
-class Speech:
-    pcm: np.ndarray
-    sample_rate: int
+class Speech(contract.Speech):
     timings: tuple = ()
     gap: tuple[float, float] = (0.0, 0.0)  # where a pause is, if any (s)
-
-    @property
-    def duration(self) -> float:
-        return len(self.pcm) / self.sample_rate
 
 
 @pytest.fixture(scope="module")
@@ -145,17 +139,20 @@ async def stream(gen: ProceduralGenerator, speech: Speech, chunk_s: float = 0.04
 # --------------------------------------------------------------------- contract
 
 
-async def test_satisfies_the_generator_protocol(avatar):
-    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
-    assert isinstance(gen, AvatarGenerator)
-    assert gen.name == "procedural" and gen.fps == 25.0 and gen.size == 256
-    frame = await anext(aiter(gen))
-    assert isinstance(frame, VideoFrame) and not frame.speaking and frame.segment == -1
-    assert frame.image.shape == (256, 256, 3) and frame.image.dtype == np.uint8
-    assert frame.landmarks.shape == (68, 2)
-    await gen.aclose()
-    with pytest.raises(StopAsyncIteration):
-        await anext(aiter(gen))
+@pytest.fixture
+def backend(avatar) -> contract.Backend:
+    return contract.procedural_backend(avatar)
+
+
+@pytest.mark.parametrize("check", contract.CHECKS, ids=lambda c: c.__name__)
+async def test_avatar_contract(backend, speech, check):
+    await check(backend, speech)
+
+
+async def test_the_mouth_eases_shut_after_clear_buffer(backend, speech):
+    later = await contract.clear_buffer_returns_to_idle(backend, speech)
+    assert later[-1].landmarks.shape == (68, 2)
+    assert opening(later[-1].landmarks) < 0.01
 
 
 def test_options_fail_fast_with_the_field_name():
@@ -163,115 +160,6 @@ def test_options_fail_fast_with_the_field_name():
         ProceduralOptions(fps=0)
     with pytest.raises(ValueError, match="ProceduralOptions.sway"):
         ProceduralOptions(sway=-1)
-
-
-async def test_frames_come_chunk_by_chunk(avatar, speech):
-    gen = ProceduralGenerator.load(avatar)
-    frames = aiter(gen)
-    first = int(0.2 * speech.sample_rate)
-    await gen.push_audio(speech.pcm[:first], speech.sample_rate)
-    early = [await asyncio.wait_for(anext(frames), 1.0)]
-    assert isinstance(early[0], VideoFrame) and early[0].speaking and early[0].pts == 0.0
-    # Everything the first 200 ms cover comes now; the next frame waits for audio.
-    while True:
-        try:
-            early.append(await asyncio.wait_for(anext(frames), 0.3))
-        except TimeoutError:
-            break
-    assert all(f.speaking for f in early)
-    assert len(early) == math.floor((0.2 - gen.options.lookahead) * FPS + 1e-6) + 1
-    await gen.push_audio(speech.pcm[first:], speech.sample_rate)
-    await gen.flush()
-    rest = []
-    while not isinstance(item := await anext(frames), EndOfSegment):
-        rest.append(item)
-    frames_all = early + rest
-    assert len(frames_all) == math.ceil(speech.duration * FPS)
-    assert [f.index for f in frames_all] == list(range(len(frames_all)))
-    np.testing.assert_allclose([f.pts for f in frames_all], np.arange(len(frames_all)) / FPS)
-    assert item.segment == frames_all[0].segment and not item.interrupted
-    assert item.pts == pytest.approx(speech.duration)
-    after = await anext(frames)  # idle again, on the same clock
-    assert not after.speaking and after.pts == pytest.approx(len(frames_all) / FPS)
-    await gen.aclose()
-
-
-async def test_segments_share_one_clock_and_idle_continues_it(avatar, speech):
-    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
-    frames = aiter(gen)
-    idle = [await anext(frames) for _ in range(3)]
-    half = speech.pcm[: len(speech.pcm) // 3]
-    await gen.push_audio(half, speech.sample_rate)
-    await gen.flush()
-    await gen.push_audio(half, speech.sample_rate)
-    await gen.flush()
-    items = []
-    while sum(isinstance(i, EndOfSegment) for i in items) < 2:
-        items.append(await anext(frames))
-    items.append(await anext(frames))
-    video = [i for i in idle + items if isinstance(i, VideoFrame)]
-    pts = np.array([f.pts for f in video])
-    np.testing.assert_allclose(pts, np.arange(len(video)) / FPS)  # no gaps, no repeats
-    ends = [i for i in items if isinstance(i, EndOfSegment)]
-    assert ends[0].segment != ends[1].segment
-    seg0 = [f for f in video if f.segment == ends[0].segment]
-    seg1 = [f for f in video if f.segment == ends[1].segment]
-    n = math.ceil(len(half) / speech.sample_rate * FPS)
-    assert len(seg0) == len(seg1) == n
-    assert seg0[0].pts == pytest.approx(3 / FPS)  # starts at the next free slot
-    assert seg1[0].index == seg0[-1].index + 1
-    assert not video[-1].speaking
-    await gen.aclose()
-
-
-async def test_clear_buffer_returns_to_idle_within_one_frame(avatar, speech):
-    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
-    frames = aiter(gen)
-    await gen.push_audio(speech.pcm, speech.sample_rate)
-    spoken = [await anext(frames) for _ in range(20)]
-    assert all(f.speaking for f in spoken)
-    await gen.clear_buffer()
-    end = await anext(frames)
-    assert isinstance(end, EndOfSegment) and end.interrupted
-    assert end.segment == spoken[0].segment
-    assert end.pts == pytest.approx(spoken[-1].pts + 1 / FPS)
-    after = await anext(frames)
-    assert isinstance(after, VideoFrame) and not after.speaking and after.segment == -1
-    assert after.pts == pytest.approx(end.pts)
-    later = [await anext(frames) for _ in range(4)]
-    assert all(not f.speaking for f in later)
-    assert opening(later[-1].landmarks) < 0.01  # the mouth has eased shut
-    await gen.aclose()
-
-
-async def test_a_cancelled_pull_loses_no_frame(avatar, speech):
-    """A consumer that times out mid-frame gets that frame on its next pull."""
-    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=256))
-    frames = aiter(gen)
-    part = speech.pcm[: int(0.6 * speech.sample_rate)]
-    await gen.push_audio(part, speech.sample_rate)
-    await gen.flush()
-    items, timeouts = [], 0
-    while not items or not isinstance(items[-1], EndOfSegment):
-        try:
-            items.append(await asyncio.wait_for(anext(frames), 0.001))
-        except TimeoutError:
-            timeouts += 1
-    video = items[:-1]
-    assert timeouts > 0
-    assert [f.index for f in video] == list(range(len(video)))
-    assert len(video) == math.ceil(len(part) / speech.sample_rate * FPS)
-    await gen.aclose()
-
-
-async def test_unflushed_segment_that_runs_dry_goes_on_as_silence(avatar, speech):
-    gen = ProceduralGenerator.load(avatar, ProceduralOptions(size=128, underrun_timeout=0.2))
-    frames = aiter(gen)
-    await gen.push_audio(speech.pcm[: int(0.1 * speech.sample_rate)], speech.sample_rate)
-    got = [await asyncio.wait_for(anext(frames), 2.0) for _ in range(8)]
-    assert all(f.speaking for f in got)
-    np.testing.assert_allclose([f.pts for f in got], np.arange(8) / FPS)
-    await gen.aclose()
 
 
 # ----------------------------------------------------------------------- mouth

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,29 +23,40 @@ from tests.serving import Server
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    """A server whose data dir holds a prepared photo avatar and a consent store."""
+@contextmanager
+def photo_world(root: Path, subject_name: str) -> Iterator[tuple]:
+    """A server whose data dir ``root`` holds a prepared photo avatar and a consent store
+    with one subject (``subject_name``) owning it; no grant yet.
+
+    Yields:
+        ``(server, store, subject_id, face)``; the server stops on exit.
+    """
     from skimage import data
 
     from avatar.face import FaceAnalyzer
     from avatar.face.prepare import prepare_photo
 
-    root = tmp_path_factory.mktemp("consent-world")
     face = prepare_photo(data.astronaut(), FaceAnalyzer.load(), size=512)
     AvatarStore(root / "avatars").save(face)
-    settings = load_config(data_dir=root)
-    gate = components.consent_gate(settings)
-    store = gate.store
-    subject_id = store.add_subject("Eileen (test subject)").id
+    store = components.consent_gate(load_config(data_dir=root)).store
+    subject_id = store.add_subject(subject_name).id
     store.add_avatar(subject_id, face.id, np.zeros(128, np.float32))
     server = Server(
         root,
         LIKENESS_SERVER__AVATARS=json.dumps([face.id]),
         LIKENESS_CONSENT__RECHECK_MS="100",
     ).start()
-    yield server, store, subject_id, face
-    server.stop()
+    try:
+        yield server, store, subject_id, face
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A server whose data dir holds a prepared photo avatar and a consent store."""
+    with photo_world(tmp_path_factory.mktemp("consent-world"), "Eileen (test subject)") as w:
+        yield w
 
 
 def grant(store, subject_id, face, deployments=("browser-chat",), lasts=timedelta(days=1)):

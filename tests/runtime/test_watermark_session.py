@@ -8,20 +8,15 @@ dir's watermark key, as ``likeness consent detect-watermark`` does.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import numpy as np
 import pytest
 
-from avatar.store import AvatarStore
 from consent.watermark import detect
 from consent.watermark_key import WatermarkKey, key_dir
-from runtime import components
-from runtime.config import load_config
 from runtime.rtc_client import CompanionClient
-from tests.runtime.test_consent_sessions import grant
-from tests.serving import Server
+from tests.runtime.test_consent_sessions import grant, photo_world
 
 pytestmark = pytest.mark.slow
 
@@ -29,24 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A server whose data dir holds a prepared photo avatar and a consent store."""
-    from skimage import data
-
-    from avatar.face import FaceAnalyzer
-    from avatar.face.prepare import prepare_photo
-
-    root = tmp_path_factory.mktemp("watermark-world")
-    face = prepare_photo(data.astronaut(), FaceAnalyzer.load(), size=512)
-    AvatarStore(root / "avatars").save(face)
-    store = components.consent_gate(load_config(data_dir=root)).store
-    subject_id = store.add_subject("Wanda (test subject)").id
-    store.add_avatar(subject_id, face.id, np.zeros(128, np.float32))
-    server = Server(
-        root,
-        LIKENESS_SERVER__AVATARS=json.dumps([face.id]),
-        LIKENESS_CONSENT__RECHECK_MS="100",
-    ).start()
-    yield server, store, subject_id, face
-    server.stop()
+    with photo_world(tmp_path_factory.mktemp("watermark-world"), "Wanda (test subject)") as w:
+        yield w
 
 
 async def frames_after(client: CompanionClient, seconds: float) -> list[np.ndarray]:

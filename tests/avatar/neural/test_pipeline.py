@@ -32,7 +32,6 @@ from avatar.pipelines.neural import (
     segment_seed,
 )
 from avatar.pipelines.scheduler import BatchScheduler
-from avatar.procedural import ProceduralGenerator, ProceduralOptions
 from avatar.samplers import (
     FlowMatchingStudent,
     FlowMatchingTeacher,
@@ -125,8 +124,7 @@ def onnx_runner(student, tmp_path_factory) -> Runner:
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-BACKENDS = (
-    "procedural",
+BACKENDS = (  # the procedural generator runs the same contract in tests/avatar/
     "neural",
     "neural-onnx",
     pytest.param("neural-cuda", marks=[pytest.mark.gpu, cuda]),
@@ -135,13 +133,6 @@ BACKENDS = (
 
 @pytest.fixture(params=BACKENDS)
 def backend(request, avatar, runner) -> contract.Backend:
-    if request.param == "procedural":
-        return contract.Backend(
-            "procedural",
-            lambda **kw: ProceduralGenerator.load(avatar, ProceduralOptions(**kw)),
-            first_s=0.2,
-            early_frames=5,  # 40 ms look-ahead: frames 0..4
-        )
     if request.param == "neural-onnx":
         runner = request.getfixturevalue("onnx_runner")
     if request.param == "neural-cuda":  # bf16 autocast on the GPU
