@@ -1,9 +1,11 @@
-"""``likeness train ...``: training data for the neural generator.
+"""``likeness train ...``: training data and training of the neural generator.
 
 ``train synth-corpus OUT`` writes synthetic talking clips (the procedural generator
 speaking eSpeak NG sentences); ``train preprocess SRC OUT`` turns a folder of
 talking-head videos into shards (face crops, 16 kHz log-mel rows) and can be rerun to
-resume. Both show a progress bar on stderr and print a one-line summary.
+resume. ``train renderer | motion | distill SHARDS RUN`` run the three training stages
+(``docs/training.md``); rerun one with the same RUN to resume it, Ctrl-C saves. All
+show a progress bar on stderr and print a one-line summary.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from runtime.cli_common import err_console, handle_errors
 from runtime.errors import InputError
 
 train_app = typer.Typer(
-    help="Training data: synthetic clips, video preprocessing into shards.",
+    help="Training: synthetic clips, preprocessing into shards, the three training stages.",
     no_args_is_help=True,
 )
 
@@ -167,4 +169,212 @@ def preprocess_videos(
         f"{len(report.processed)} video(s) processed ({len(report.skipped)} skipped), "
         f"{len(report.resumed)} already done; {report.frames} frames in {report.shards} "
         f"shards ({rate:.0f} frames/s); manifest: {out / 'manifest.json'}"
+    )
+
+
+# ---------------------------------------------------------------- training stages
+
+_Steps = Annotated[int, typer.Option("--steps", min=1, help="train until this many steps")]
+_Lr = Annotated[float, typer.Option("--lr", min=0.0, help="peak learning rate")]
+_Seed = Annotated[int, typer.Option(help="initial weights and every random draw")]
+_Device = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")]
+_Budget = Annotated[
+    float | None, typer.Option("--time-budget", min=1.0, help="stop (and save) after seconds")
+]
+_Heldout = Annotated[
+    Path | None, typer.Option("--heldout", help="preprocessed held-out videos for validation")
+]
+_Threads = Annotated[int | None, typer.Option("--threads", min=1, help="torch CPU threads")]
+_Workers = Annotated[int, typer.Option("--workers", min=0, help="data-loading processes")]
+_Every = Annotated[int, typer.Option("--checkpoint-every", min=0, help="steps between saves")]
+
+
+def _loop(
+    steps: int,
+    lr: float,
+    seed: int,
+    device: str,
+    time_budget: float | None,
+    threads: int | None,
+    workers: int,
+    checkpoint_every: int,
+) -> Any:
+    from avatar.train.loop import LoopOptions
+
+    return LoopOptions(
+        max_steps=steps,
+        lr=lr,
+        warmup_steps=min(100, steps // 10),
+        seed=seed,
+        device=device,
+        time_budget_s=time_budget,
+        cpu_threads=threads,
+        num_workers=workers,
+        checkpoint_every=checkpoint_every,
+        log_every=max(1, min(50, steps // 20)),
+    )
+
+
+def _run_stage(name: str, steps: int, start: Callable[[Callable], Any]) -> None:
+    """Run a stage with a progress bar; map its errors and print how it ended."""
+    from avatar.models.errors import CheckpointError, ModelConfigError
+    from avatar.train.data import PreprocessError
+    from avatar.train.loop import TrainError
+
+    with _progress() as progress:
+        task = progress.add_task(f"training {name}", total=steps)
+
+        def on_step(info) -> None:
+            loss = info.scalars.get("loss")
+            label = f"training {name}" + (f" (loss {loss:.4f})" if loss is not None else "")
+            progress.update(task, completed=info.step, description=label)
+
+        try:
+            result = start(on_step)
+        except (TrainError, PreprocessError, CheckpointError, ModelConfigError) as err:
+            raise InputError(str(err)) from None
+    evals = ", ".join(f"{k} {v:.4g}" for k, v in result.last_eval.items())
+    ending = {
+        "finished": "finished",
+        "interrupted": "interrupted (Ctrl-C), saved",
+        "time_budget": "stopped by the time budget, saved",
+    }[result.status]
+    resumed = f" (resumed from step {result.resumed_from})" if result.resumed_from else ""
+    _say(
+        f"{name}: {ending} at step {result.step}{resumed} in {result.seconds:.0f} s"
+        + (f"; validation: {evals}" if evals else "")
+        + f"; model: {result.model_path}; scalars: {result.run_dir / 'scalars.jsonl'}"
+    )
+    if result.status != "finished":
+        _say("run the same command again to resume (raise --steps to train further)")
+    if result.status == "interrupted":
+        raise typer.Exit(130)
+
+
+@train_app.command("renderer")
+@handle_errors
+def train_renderer_command(
+    shards: Annotated[Path, typer.Argument(help="preprocessed training videos")],
+    run: Annotated[Path, typer.Argument(help="run folder; rerun with it to resume")],
+    size: Annotated[str, typer.Option(help="tiny (64 px), base (256), large (512)")] = "base",
+    batch: Annotated[int, typer.Option(min=1, help="frame pairs per step")] = 8,
+    steps: _Steps = 20_000,
+    lr: _Lr = 2e-4,
+    seed: _Seed = 0,
+    device: _Device = "cpu",
+    time_budget: _Budget = None,
+    heldout: _Heldout = None,
+    threads: _Threads = None,
+    workers: _Workers = 0,
+    checkpoint_every: _Every = 1000,
+) -> None:
+    """Stage 1: appearance encoder, motion encoder and renderer, self-supervised from
+    pairs of frames of the same video; resumable, Ctrl-C saves."""
+    from avatar.train.loop import TrainError
+    from avatar.train.stage1 import RendererTrainOptions, train_renderer, training_config
+
+    try:
+        config = training_config(size)
+    except TrainError as err:
+        raise InputError(str(err)) from None
+    loop = _loop(steps, lr, seed, device, time_budget, threads, workers, checkpoint_every)
+    options = RendererTrainOptions(batch_size=batch)
+    _run_stage(
+        "renderer",
+        steps,
+        lambda on_step: train_renderer(
+            shards,
+            run,
+            config=config,
+            options=options,
+            loop=loop,
+            heldout=heldout,
+            on_step=on_step,
+        ),  # fmt: skip
+    )
+
+
+@train_app.command("motion")
+@handle_errors
+def train_motion_command(
+    shards: Annotated[Path, typer.Argument(help="preprocessed training videos")],
+    run: Annotated[Path, typer.Argument(help="run folder; rerun with it to resume")],
+    renderer: Annotated[Path, typer.Option(help="the stage-1 model (RUN/model)")],
+    batch: Annotated[int, typer.Option(min=1, help="chunks per step")] = 32,
+    steps: _Steps = 20_000,
+    lr: _Lr = 2e-4,
+    seed: _Seed = 0,
+    device: _Device = "cpu",
+    time_budget: _Budget = None,
+    heldout: _Heldout = None,
+    threads: _Threads = None,
+    checkpoint_every: _Every = 1000,
+) -> None:
+    """Stage 2: the audio encoder and motion transformer (flow matching on the stage-1
+    motion codes, with condition dropout for the say weights)."""
+    from avatar.train.stage2 import MotionTrainOptions, train_motion
+
+    loop = _loop(steps, lr, seed, device, time_budget, threads, 0, checkpoint_every)
+    options = MotionTrainOptions(batch_size=batch)
+    _run_stage(
+        "motion",
+        steps,
+        lambda on_step: train_motion(
+            shards,
+            run,
+            renderer=renderer,
+            options=options,
+            loop=loop,
+            heldout=heldout,
+            on_step=on_step,
+        ),  # fmt: skip
+    )
+
+
+@train_app.command("distill")
+@handle_errors
+def train_distill_command(
+    shards: Annotated[Path, typer.Argument(help="preprocessed training videos")],
+    run: Annotated[Path, typer.Argument(help="run folder; rerun with it to resume")],
+    teacher: Annotated[Path, typer.Option(help="the stage-2 model (RUN/model)")],
+    student_steps: Annotated[int, typer.Option(min=1, max=4, help="the student's steps")] = 2,
+    teacher_steps: Annotated[int, typer.Option(min=1, help="the teacher's steps")] = 25,
+    pool: Annotated[int, typer.Option(min=1, help="chunks per teacher pool")] = 1024,
+    batch: Annotated[int, typer.Option(min=1, help="chunks per step")] = 32,
+    steps: _Steps = 5_000,
+    lr: _Lr = 1e-4,
+    seed: _Seed = 0,
+    device: _Device = "cpu",
+    time_budget: _Budget = None,
+    heldout: _Heldout = None,
+    threads: _Threads = None,
+    checkpoint_every: _Every = 1000,
+) -> None:
+    """Stage 3: distil the guided many-step teacher into a few-step student that takes
+    the say weights as input."""
+    from avatar.train.loop import TrainError
+    from avatar.train.stage3 import DistillOptions, distill
+
+    try:
+        options = DistillOptions(
+            batch_size=batch,
+            student_steps=student_steps,
+            teacher_steps=teacher_steps,
+            pool_size=max(pool, batch),
+        )
+    except TrainError as err:
+        raise InputError(str(err)) from None
+    loop = _loop(steps, lr, seed, device, time_budget, threads, 0, checkpoint_every)
+    _run_stage(
+        "distill",
+        steps,
+        lambda on_step: distill(
+            shards,
+            run,
+            teacher=teacher,
+            options=options,
+            loop=loop,
+            heldout=heldout,
+            on_step=on_step,
+        ),  # fmt: skip
     )
