@@ -162,10 +162,11 @@ async def test_a_live_session_streams_neural_frames_on_one_clock(checkpoint, tmp
     fps = (len(got.video) - 1) / (last - first)
     assert fps > 15, f"video delivered at {fps:.1f} fps"
     # The neural model drew the face: the face region is not the photo at rest, the
-    # corners (outside the pasted crop) are.
+    # corners (outside the pasted crop) are, up to VP8 at 500 kbps and the invisible
+    # watermark (measured up to 6.2 grey levels on average; the face differed by 58).
     rest = make_demo_avatar(size=512).image.astype(np.float32)
     frame = during[-1].astype(np.float32)
     face = np.abs(frame[200:330, 190:320] - rest[200:330, 190:320]).mean()
     corner = np.abs(frame[:48, -48:] - rest[:48, -48:]).mean()
-    assert face > 8 and corner < 6, (face, corner)
+    assert face > 8 and corner < 10, (face, corner)
     print(f"neural session: {fps:.1f} fps, stages {stages}, face {face:.0f}, corner {corner:.1f}")
