@@ -20,7 +20,7 @@ import structlog
 # Whole key names, or suffixes, that hold secrets ("first_token" is a latency, not a secret).
 _SECRET_KEY = re.compile(
     r"^(api_?key|token|access_token|refresh_token|webhook_token|secret|password|authorization"
-    r"|cookie)$|(_api_?key|_secret|_password)$",
+    r"|cookie|csrf_token|session_token|nonce)$|(_api_?key|_secret|_password)$",
     re.I,
 )
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.I)

@@ -89,3 +89,21 @@ def test_data_dir_holds_all_state(tmp_path):
     for folder in (settings.log_dir, settings.cache_dir, settings.memory_dir):
         assert folder.is_dir() and folder.parent == tmp_path / "state"
     assert settings.alerts_path.parent == tmp_path / "state"
+
+
+def test_log_redaction_masks_secret_fields_but_not_latencies():
+    from runtime.logs import redact
+
+    event = {
+        "event": "sign-in",
+        "password": "hunter2",
+        "csrf_token": "c5rf",
+        "nonce": "n0nce",
+        "dialogue_api_key": "sk-1",
+        "first_token": 812.0,
+        "header": "Authorization: Bearer abc.def",
+    }
+    out = redact(None, "info", dict(event))
+    assert "hunter2" not in repr(out) and "c5rf" not in repr(out) and "n0nce" not in repr(out)
+    assert "sk-1" not in repr(out) and "abc.def" not in repr(out)
+    assert out["first_token"] == 812.0 and out["event"] == "sign-in"
