@@ -11,6 +11,7 @@ generator subclasses it (one level), says how a segment is made
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Generic, Protocol, TypeVar
@@ -31,6 +32,11 @@ def check_ranges(options: object, checks: Iterable[tuple[str, bool, str]]) -> No
         if not ok:
             value = getattr(options, name)
             raise ValueError(f"{type(options).__name__}.{name}={value!r} is outside {allowed}")
+
+
+def frame_count(duration: float, fps: float) -> int:
+    """Frames needed to show ``duration`` seconds at ``fps``: ceil(duration * fps)."""
+    return max(0, math.ceil(duration * fps - 1e-6))
 
 
 def check_avatar(avatar: PreparedAvatar) -> None:

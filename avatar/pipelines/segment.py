@@ -21,12 +21,8 @@ import numpy as np
 from avatar.features import SAMPLE_RATE, StreamingMel, visemes_per_frame
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
 from avatar.pipelines.runner import RunnerSpec
+from avatar.streaming import frame_count
 from avatar.types import TimingLike
-
-
-def frame_count(duration: float, fps: float) -> int:
-    """Frames needed to show ``duration`` seconds at ``fps``: ceil(duration · fps)."""
-    return max(0, math.ceil(duration * fps - 1e-6))
 
 
 class _Timing:

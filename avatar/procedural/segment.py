@@ -13,19 +13,14 @@ gets the audio that arrived since the last frame through ``take_inbox``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from avatar.procedural.features import AudioMouth
 from avatar.procedural.visemes import VisemeTrack
+from avatar.streaming import frame_count
 from avatar.types import TimingLike
-
-
-def frame_count(duration: float, fps: float) -> int:
-    """Frames needed to show ``duration`` seconds at ``fps``: ceil(duration * fps)."""
-    return max(0, math.ceil(duration * fps - 1e-6))
 
 
 def frame_times(duration: float, fps: float) -> np.ndarray:
