@@ -69,7 +69,7 @@ class NeuralBenchOptions:
         steps: student sampler steps per chunk (1 to 4).
         checkpoint: a student checkpoint (or, for onnx, an export folder); empty for
             random weights.
-        compile: PyTorch on CUDA: ``torch.compile`` the renderer and transformer.
+        compile: PyTorch: ``torch.compile`` the renderer and transformer (CUDA graphs on CUDA).
         seed: seed of the random weights and of the noise.
         threads: CPU threads for the model (``torch.set_num_threads`` for the run, or
             onnxruntime's intra-op threads); 0 keeps the library's default (all cores).
@@ -99,6 +99,8 @@ class NeuralBenchOptions:
             raise NeuralBenchError(f"seconds must be in (0, 600], got {self.seconds}")
         if not 1 <= self.steps <= 4:
             raise NeuralBenchError(f"steps must be 1 to 4 (a distilled student), got {self.steps}")
+        if self.compile and self.runtime != "torch":
+            raise NeuralBenchError("compile is for the torch runtime (onnx has its own graph)")
         if not 0 <= self.threads <= 256:
             raise NeuralBenchError(f"threads must be 0 (default) to 256, got {self.threads}")
 
@@ -385,6 +387,7 @@ def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[s
             "runtime": options.runtime,
             "device": _device_of(runner),
             "steps": options.steps,
+            "compile": options.compile,
             "chunk_frames": k,
             "fps": spec.fps,
             "streams": list(options.streams),

@@ -64,13 +64,16 @@ def neural_options(settings: Settings) -> Any:  # -> avatar.pipelines.neural.Neu
     )
 
 
-def load_avatar_engine(settings: Settings) -> Any:  # -> BatchScheduler | None
-    """The shared neural model of a process (None for the procedural backend).
+def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Any:
+    """The shared neural model of a process (a BatchScheduler; None for the procedural
+    backend).
 
     Loads ``avatar.checkpoint`` with ``avatar.runtime`` on ``avatar.device`` and wraps it
-    in the batch scheduler every session shares. Blocking (seconds for big models): call
-    it once at start-up, in a worker thread from async code; ``await engine.aclose()``
-    at shutdown.
+    in the batch scheduler every session shares. With ``avatar.compile`` every batch
+    size up to ``sessions`` (default ``server.max_sessions``) is compiled here, so no
+    session waits for a compile. Blocking (seconds for big models, longer when
+    compiling): call it once at start-up, in a worker thread from async code;
+    ``await engine.aclose()`` at shutdown.
 
     Raises:
         ConfigError: no checkpoint given, or one that cannot be used (the message names
@@ -92,10 +95,16 @@ def load_avatar_engine(settings: Settings) -> Any:  # -> BatchScheduler | None
 
     path = Path(a.checkpoint).expanduser()
     options: dict[str, Any] = {"steps": a.steps, "device": a.device}
+    if a.compile:
+        if a.runtime != "torch":
+            raise ConfigError("avatar.compile = true needs avatar.runtime = 'torch'")
+        options["compile"] = True
     try:
         runner = load_runner(a.runtime, path, **options)
         if abs(runner.spec.fps - a.fps) > 1e-6:
             raise ModelConfigError(f"the model makes {runner.spec.fps:g} fps video, not {a.fps:g}")
+        if a.compile:  # compile now, for every batch the sessions can make, not mid-session
+            runner.warm_up(sessions or settings.server.max_sessions)
     except (AvatarModelNotFoundError, CheckpointError, ModelConfigError) as err:
         raise ConfigError(f"avatar.checkpoint={str(path)!r} cannot be used: {err}") from None
     except AvatarError as err:
@@ -205,7 +214,7 @@ def animate_to_file(
     options = generator_options(settings)
     timings = list(speech.timings) or None
     if settings.avatar.backend == "neural":
-        engine = load_avatar_engine(settings)
+        engine = load_avatar_engine(settings, sessions=1)
         started = time.perf_counter()
         frames = asyncio.run(_neural_clip(settings, avatar, speech, engine))
     else:

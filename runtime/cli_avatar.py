@@ -156,6 +156,7 @@ def _bench_neural(
     checkpoint: str,
     steps: int,
     threads: int,
+    compile_: bool,
 ) -> None:
     """``bench avatar --backend neural``: all cores, a table per stream count, JSON."""
     from avatar.bench_neural import (
@@ -170,7 +171,7 @@ def _bench_neural(
     try:
         counts = parse_streams(streams)
         options = NeuralBenchOptions(
-            size, engine, device, counts, seconds, steps, checkpoint, threads=threads
+            size, engine, device, counts, seconds, steps, checkpoint, compile_, threads=threads
         )
     except NeuralBenchError as err:
         raise InputError(str(err)) from None
@@ -201,6 +202,9 @@ def bench_avatar(
     checkpoint: Annotated[str, typer.Option(help="neural: student; empty = random")] = "",
     steps: Annotated[int, typer.Option(min=1, max=4, help="neural: student steps")] = 2,
     threads: Annotated[int, typer.Option(min=0, help="neural: CPU threads; 0 = all")] = 0,
+    compile_: Annotated[
+        bool, typer.Option("--compile", help="neural, torch: torch.compile (CUDA graphs)")
+    ] = False,
 ) -> None:
     """Procedural: one CPU core, fps, frame ms, first frame, CPU use. Neural: fps per
     stream and with 1-8 batched streams, first-chunk latency, ms per chunk, GFLOPs, memory."""
@@ -209,7 +213,7 @@ def bench_avatar(
     from runtime.bench import machine_info
 
     if backend == "neural":
-        options = (size, engine, device, streams, checkpoint, steps, threads)
+        options = (size, engine, device, streams, checkpoint, steps, threads, compile_)
         _bench_neural(json_path, seconds, face, *options)
         return
     if backend != "procedural":

@@ -131,6 +131,9 @@ class AvatarConfig(_Section):
     runtime: Literal["torch", "onnx"] = Field("torch", description="neural: how it runs")
     device: str = Field("auto", description="neural: auto | cpu | cuda | cuda:N")
     steps: int = Field(2, ge=1, le=64, description="neural: sampler steps per chunk")
+    compile: bool = Field(
+        False, description="neural, torch: torch.compile the per-chunk work (CUDA graphs)"
+    )
     audio_weight: float = Field(1.0, ge=0, le=10, description="neural: say of audio on motion")
     identity_weight: float = Field(1.0, ge=0, le=10, description="neural: say of the photo")
     seed: int = Field(0, ge=0, description="neural: noise seed (chunks derive theirs from it)")

@@ -259,19 +259,23 @@ class TorchRunnerOptions:
     Attributes:
         device: "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N".
         steps: sampler steps per chunk (a student takes 1 to 4; a teacher any number).
-        bf16: on CUDA, run under bf16 autocast (ignored on the CPU, which runs float32).
-        compile: on CUDA, ``torch.compile`` the renderer and the motion transformer
-            (mode "reduce-overhead", which captures CUDA graphs); batches are padded to
-            the next of 1, 2, 4, 8, ... rows so each size compiles once.
+        bf16: run under bf16 autocast. None (default): on CUDA only, the CPU runs
+            float32; True: also on the CPU (worth it on CPUs with bf16 units; the tests
+            use it to run the GPU's number path here); False: float32 everywhere.
+        compile: ``torch.compile`` the renderer and the motion transformer (on CUDA in
+            mode "reduce-overhead", which captures CUDA graphs; on the CPU with
+            inductor's C++ backend, which needs a C++ compiler); batches are padded to
+            the next of 1, 2, 4, 8, ... rows so each size compiles once. The first call
+            of each batch size compiles (tens of seconds).
         max_batch: the most rows (sessions) one call takes.
         pad_batches: pad every batch to the next of 1, 2, 4, 8, ... rows (repeating the
-            last row, whose outputs are dropped); None pads only when compiling on CUDA.
+            last row, whose outputs are dropped); None pads only when compiling.
         attention_backend: attention registry name for every layer ("sdpa", "math").
     """
 
     device: str = "auto"
     steps: int = 2
-    bf16: bool = True
+    bf16: bool | None = None
     compile: bool = False
     max_batch: int = 8
     pad_batches: bool | None = None
@@ -316,8 +320,8 @@ def _bucket(n: int) -> int:
 
 
 class TorchRunner:
-    """A :class:`Runner` on PyTorch: CPU float32, or CUDA with bf16 autocast and an
-    optional ``torch.compile``.
+    """A :class:`Runner` on PyTorch: CPU float32, or CUDA with bf16 autocast, and an
+    optional ``torch.compile`` (see :class:`TorchRunnerOptions`).
 
     Calls are not thread-safe: make them from one worker thread (the pipeline's
     scheduler does). Build it with :meth:`load` (a checkpoint) or directly from a model.
@@ -357,15 +361,17 @@ class TorchRunner:
                 TeacherOptions(steps=self.steps, audio_weight=wa, identity_weight=wi)
             )
         cuda = self.device.type == "cuda"
-        self._autocast = cuda and self.options.bf16
-        compiled = cuda and self.options.compile
+        bf16 = self.options.bf16
+        self._autocast = cuda if bf16 is None else bf16
+        compiled = self.options.compile
         pad = self.options.pad_batches
         self._pad = compiled if pad is None else pad
         self._render_fn = model.renderer
         self._dit_fn = model.motion_dit
         if compiled:
-            self._render_fn = torch.compile(model.renderer, mode="reduce-overhead")
-            self._dit_fn = torch.compile(model.motion_dit, mode="reduce-overhead")
+            mode = "reduce-overhead" if cuda else None  # CUDA graphs need CUDA
+            self._render_fn = torch.compile(model.renderer, mode=mode)
+            self._dit_fn = torch.compile(model.motion_dit, mode=mode)
         self._stacks: dict[tuple[int, ...], tuple[tuple[EncodedAvatar, ...], tuple[Any, ...]]] = {}
 
     @classmethod
@@ -397,7 +403,7 @@ class TorchRunner:
         stack = contextlib.ExitStack()
         stack.enter_context(torch.inference_mode())
         if self._autocast:
-            stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+            stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
         return stack
 
     def _tensor(self, array: np.ndarray, rows: int | None = None) -> Any:
@@ -425,6 +431,33 @@ class TorchRunner:
             parts += [[a.id_tokens for a in rows_of], [a.source_keypoints for a in rows_of]]
             self._stacks[key] = (rows_of, tuple(torch.cat(p) for p in parts))
         return self._stacks[key][1]
+
+    def warm_up(self, max_rows: int | None = None) -> list[int]:
+        """Run every batch size a call can take up to ``max_rows`` once on a blank face,
+        so the compiles (and CUDA graph captures) happen now, not in a session's first
+        chunk. Without ``compile`` it only loads kernels (fast).
+
+        Args:
+            max_rows: the most sessions expected at once (default ``max_batch``).
+
+        Returns:
+            The batch sizes run: the padding buckets (1, 2, 4, ...) up to ``max_rows``,
+            or every size when batches are not padded.
+        """
+        spec = self.spec
+        top = min(self.max_batch, max_rows or self.max_batch)
+        sizes = sorted({self._rows(b) for b in range(1, top + 1)})
+        blank = self.encode_avatar(np.zeros((1, 3, spec.image_size, spec.image_size), np.float32))
+        for b in sizes:
+            avatars = [blank] * b
+            noise = np.zeros((b, spec.chunk_frames, spec.code_dim), np.float32)
+            context = np.repeat(blank.source_code[:, None], spec.context_frames, 1)
+            mel = np.zeros((b, spec.mel_rows, spec.n_mels), np.float32)
+            weights = np.ones((b, 2), np.float32)
+            codes = self.motion_chunk(avatars, noise, np.repeat(context, b, 0), mel, None, weights)
+            self.render(avatars, codes)
+        self.forget(blank)
+        return sizes
 
     def forget(self, avatar: EncodedAvatar) -> None:
         """Drop cached batches holding ``avatar`` (call when a session ends)."""

@@ -97,6 +97,8 @@ def test_unusable_checkpoints_are_config_errors(checkpoint, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device 'cuda' asked for"):
             load_avatar_engine(settings(checkpoint=checkpoint, device="cuda"))
+    with pytest.raises(ConfigError, match="avatar.compile = true needs avatar.runtime = 'torch'"):
+        load_avatar_engine(settings(checkpoint=checkpoint, runtime="onnx", compile=True))
     engine = load_avatar_engine(settings(checkpoint=checkpoint, steps=3))
     assert engine.runner.spec.student and engine.runner.steps == 3
     asyncio.run(engine.aclose())
@@ -170,3 +172,29 @@ async def test_a_live_session_streams_neural_frames_on_one_clock(checkpoint, tmp
     corner = np.abs(frame[:48, -48:] - rest[:48, -48:]).mean()
     assert face > 8 and corner < 10, (face, corner)
     print(f"neural session: {fps:.1f} fps, stages {stages}, face {face:.0f}, corner {corner:.1f}")
+
+
+@pytest.mark.slow
+def test_compile_setting_compiles_every_batch_size_at_load(checkpoint):
+    """``avatar.compile``: the engine compiles each padded batch size up to
+    ``server.max_sessions`` before it is returned (inductor on this CPU)."""
+    from torch._dynamo.utils import counters
+
+    from runtime.animation import load_avatar_engine
+    from runtime.config import load_config
+
+    settings = load_config(
+        None,
+        avatar={"backend": "neural", "checkpoint": checkpoint, "compile": True},
+        server={"max_sessions": 2},
+    )
+    before = counters["stats"]["unique_graphs"]
+    engine = load_avatar_engine(settings)
+    try:
+        assert engine.runner.options.compile
+        compiled = counters["stats"]["unique_graphs"]
+        assert compiled > before
+        assert engine.runner.warm_up(2) == [1, 2]  # the padded buckets...
+        assert counters["stats"]["unique_graphs"] == compiled  # ...compiled already
+    finally:
+        asyncio.run(engine.aclose())

@@ -90,6 +90,8 @@ def test_bad_options_are_refused_plainly():
     assert result.returncode == 2 and "size must be one of" in result.stderr
     with pytest.raises(NeuralBenchError, match="streams"):
         NeuralBenchOptions(streams=(0,))
+    with pytest.raises(NeuralBenchError, match="compile is for the torch runtime"):
+        NeuralBenchOptions(runtime="onnx", compile=True)
 
 
 @pytest.mark.gpu

@@ -474,19 +474,57 @@ async def test_generate_clip_and_option_errors(avatar, runner, speech):
         NeuralGenerator.load(avatar, NeuralOptions(), None)
 
 
+@pytest.mark.slow
+async def test_compiled_runner_compiles_at_warm_up_and_streams_like_eager(student, avatar, speech):
+    """torch.compile on the CPU (inductor: the same tracing as on CUDA, without CUDA
+    graphs). ``warm_up`` compiles before any session, a session then compiles nothing
+    more, and its frames are eager's (float32: within a level of rounding)."""
+    from torch._dynamo.utils import counters
+
+    eager = TorchRunner(student, TorchRunnerOptions(device="cpu"))
+    options = TorchRunnerOptions(device="cpu", compile=True, max_batch=1)
+    compiled = TorchRunner(copy.deepcopy(student), options)
+    graphs = counters["stats"]["unique_graphs"]
+    assert compiled.warm_up() == [1]
+    after_warm_up = counters["stats"]["unique_graphs"]
+    assert after_warm_up > graphs, "warm_up compiled nothing"
+    part = speech.pcm[: int(1.0 * speech.sample_rate)]
+    clips = []
+    for runner in (eager, compiled):
+        gen = NeuralGenerator.load(avatar, NeuralOptions(size=128), runner)
+        await gen.push_audio(part, speech.sample_rate)
+        await gen.flush()
+        clips.append(await contract.until_end(aiter(gen)))
+        await gen.aclose()
+    assert counters["stats"]["unique_graphs"] == after_warm_up, "a session waited for a compile"
+    a, b = clips
+    assert [f.pts for f in a[:-1]] == [f.pts for f in b[:-1]] and len(a) > 25
+    worst = max(
+        np.abs(x.image.astype(int) - y.image.astype(int)).max()
+        for x, y in zip(a[:-1], b[:-1], strict=True)
+    )
+    assert worst <= 2, f"compiled frames differ from eager by up to {worst} levels"
+
+
 # --------------------------------------------------------------------- GPU
 
 
-@pytest.mark.gpu
-@cuda
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
-async def test_cuda_bf16_runner_streams_and_batches(
-    student, avatar, other_avatar, speech, compiled
+@pytest.mark.parametrize(
+    ("device", "compiled"),
+    [
+        ("cpu", False),  # the bf16 autocast path, on the CPU
+        pytest.param("cuda", False, marks=[pytest.mark.gpu, cuda]),
+        pytest.param("cuda", True, marks=[pytest.mark.gpu, cuda]),
+    ],
+    ids=["cpu-bf16", "cuda-bf16", "cuda-bf16-compiled"],
+)
+async def test_bf16_runner_streams_and_batches(
+    student, avatar, other_avatar, speech, device, compiled
 ):
-    """CUDA, bf16 autocast (and torch.compile with CUDA graphs): the contract's clock, and
-    two sessions batched close to each alone (bf16 tolerance)."""
+    """bf16 autocast (on CUDA also torch.compile with CUDA graphs): the contract's clock,
+    and two sessions batched, close to the float32 CPU runner (bf16 tolerance)."""
     cpu = TorchRunner(student, TorchRunnerOptions(device="cpu"))
-    options = TorchRunnerOptions(device="cuda", bf16=True, compile=compiled)
+    options = TorchRunnerOptions(device=device, bf16=True, compile=compiled)
     gpu = TorchRunner(copy.deepcopy(student), options)
     part = speech.pcm[: int(1.0 * speech.sample_rate)]
     results = {}
@@ -513,4 +551,5 @@ async def test_cuda_bf16_runner_streams_and_batches(
             ]
         )
         assert diff < 8, f"bf16 frames drift from float32 by {diff:.1f} levels on average"
-    assert next(student.parameters()).device.type == "cpu", "the GPU runner used a copy"
+        assert diff > 0, "the frames equal float32's: bf16 autocast did not run"
+    assert next(student.parameters()).device.type == "cpu", "the bf16 runner used a copy"
