@@ -269,14 +269,12 @@ def run_streams(runner: Any, crop: np.ndarray, n: int, seconds: float, seed: int
     }
 
 
-async def _first_chunk(runner: Any, avatar: PreparedAvatar, seed: int) -> dict:
+async def _first_chunk(scheduler: Any, avatar: PreparedAvatar, seed: int) -> dict:
     """First audio in → first speaking frame out, through the real NeuralGenerator."""
     from avatar.pipelines.neural import NeuralGenerator, NeuralOptions
-    from avatar.pipelines.scheduler import BatchScheduler
     from avatar.procedural.bench import speech_like_audio
 
-    spec = runner.spec
-    scheduler = BatchScheduler(runner)
+    spec = scheduler.spec
     options = NeuralOptions(fps=spec.fps, size=avatar.image.shape[0], seed=seed)
     generator = NeuralGenerator.load(avatar, options, scheduler)
     frames = aiter(generator)
@@ -304,7 +302,6 @@ async def _first_chunk(runner: Any, avatar: PreparedAvatar, seed: int) -> dict:
         }
     finally:
         await generator.aclose()
-        await scheduler.aclose()
 
 
 def bench_neural(
@@ -338,6 +335,7 @@ def bench_neural(
 
 def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[str, Any]:
     from avatar.models.costs import measure_costs
+    from avatar.pipelines.scheduler import BatchScheduler
 
     threads = options.threads or torch.get_num_threads()
     load_before = os.getloadavg()[0]
@@ -348,14 +346,20 @@ def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[s
             torch.cuda.reset_peak_memory_stats(cuda)
         spec = runner.spec
         crop = _crop(avatar, spec.image_size)
-        scaling = [
-            run_streams(runner, crop, n, options.seconds, options.seed) for n in options.streams
-        ]
-        if avatar is None:
-            from avatar.synthetic import make_demo_avatar
+        # Every model call in the scheduler's one model thread, as in a live server.
+        scheduler = BatchScheduler(runner)
+        try:
+            scaling = [
+                scheduler.run_blocking(run_streams, runner, crop, n, options.seconds, options.seed)
+                for n in options.streams
+            ]
+            if avatar is None:
+                from avatar.synthetic import make_demo_avatar
 
-            avatar = make_demo_avatar(size=output_size(spec.image_size))
-        latency = asyncio.run(_first_chunk(runner, avatar, options.seed))
+                avatar = make_demo_avatar(size=output_size(spec.image_size))
+            latency = asyncio.run(_first_chunk(scheduler, avatar, options.seed))
+        finally:
+            asyncio.run(scheduler.aclose())
         peak = torch.cuda.max_memory_allocated(cuda) / 2**20 if cuda is not None else _rss_mb()
         config = getattr(runner, "config", None) or runner.model.config
     costs = measure_costs(config)

@@ -103,13 +103,14 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Any:
         runner = load_runner(a.runtime, path, **options)
         if abs(runner.spec.fps - a.fps) > 1e-6:
             raise ModelConfigError(f"the model makes {runner.spec.fps:g} fps video, not {a.fps:g}")
-        if a.compile:  # compile now, for every batch the sessions can make, not mid-session
-            runner.warm_up(sessions or settings.server.max_sessions)
     except (AvatarModelNotFoundError, CheckpointError, ModelConfigError) as err:
         raise ConfigError(f"avatar.checkpoint={str(path)!r} cannot be used: {err}") from None
     except AvatarError as err:
         raise ConfigError(f"avatar.runtime={a.runtime!r} cannot run {path}: {err}") from None
-    return BatchScheduler(runner)
+    scheduler = BatchScheduler(runner)
+    if a.compile:  # compile now, for every batch the sessions can make, not mid-session
+        scheduler.warm_up(sessions or settings.server.max_sessions)
+    return scheduler
 
 
 def avatar_generator(settings: Settings, avatar: PreparedAvatar, engine: Any = None) -> Any:

@@ -102,6 +102,23 @@ class BatchScheduler:
             raise GeneratorError("the neural scheduler is closed")
         return await asyncio.get_running_loop().run_in_executor(self._pool, func, *args)
 
+    def run_blocking(self, func, *args):
+        """Blocking: ``func(*args)`` in the model thread, where the sessions' calls run
+        (CUDA graph trees are kept per thread). Not from the event loop's thread."""
+        if self._closed:
+            raise GeneratorError("the neural scheduler is closed")
+        return self._pool.submit(func, *args).result()
+
+    def warm_up(self, max_rows: int | None = None) -> list[int]:
+        """Blocking: the runner's ``warm_up`` (compiles, CUDA graph captures) in the model
+        thread. Call it before any session starts, e.g. at start-up in a worker thread.
+
+        Returns:
+            The batch sizes run ([] for a runner without ``warm_up``).
+        """
+        warm_up = getattr(self.runner, "warm_up", None)
+        return [] if warm_up is None else self.run_blocking(warm_up, max_rows)
+
     async def encode(self, key: str, crop: np.ndarray) -> EncodedAvatar:
         """The encoded avatar for ``key`` (encoded once while any session uses it).
 

@@ -194,7 +194,7 @@ def test_compile_setting_compiles_every_batch_size_at_load(checkpoint):
         assert engine.runner.options.compile
         compiled = counters["stats"]["unique_graphs"]
         assert compiled > before
-        assert engine.runner.warm_up(2) == [1, 2]  # the padded buckets...
+        assert engine.warm_up(2) == [1, 2]  # the padded buckets...
         assert counters["stats"]["unique_graphs"] == compiled  # ...compiled already
     finally:
         asyncio.run(engine.aclose())

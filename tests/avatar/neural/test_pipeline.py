@@ -483,9 +483,9 @@ async def test_compiled_runner_compiles_at_warm_up_and_streams_like_eager(studen
 
     eager = TorchRunner(student, TorchRunnerOptions(device="cpu"))
     options = TorchRunnerOptions(device="cpu", compile=True, max_batch=1)
-    compiled = TorchRunner(copy.deepcopy(student), options)
+    compiled = BatchScheduler(TorchRunner(copy.deepcopy(student), options))
     graphs = counters["stats"]["unique_graphs"]
-    assert compiled.warm_up() == [1]
+    assert await asyncio.to_thread(compiled.warm_up) == [1]  # in the model thread
     after_warm_up = counters["stats"]["unique_graphs"]
     assert after_warm_up > graphs, "warm_up compiled nothing"
     part = speech.pcm[: int(1.0 * speech.sample_rate)]
@@ -496,6 +496,7 @@ async def test_compiled_runner_compiles_at_warm_up_and_streams_like_eager(studen
         await gen.flush()
         clips.append(await contract.until_end(aiter(gen)))
         await gen.aclose()
+    await compiled.aclose()
     assert counters["stats"]["unique_graphs"] == after_warm_up, "a session waited for a compile"
     a, b = clips
     assert [f.pts for f in a[:-1]] == [f.pts for f in b[:-1]] and len(a) > 25
