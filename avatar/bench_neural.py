@@ -8,6 +8,12 @@ What it measures, for one model size, runtime (PyTorch or onnxruntime) and devic
   warm-up chunk. ``fps_per_stream`` = frames each stream got per wall second;
   ``fps_total`` = all streams together. This is the model's throughput: it leaves out
   the paste-back into the output frame and the event loop.
+- **sessions end to end**: for each ``n``, ``n`` real
+  :class:`~avatar.pipelines.neural.NeuralGenerator` sessions on the shared scheduler,
+  each pushed ``seconds`` of audio at once and read as fast as frames come:
+  ``session_fps_per_stream`` = speaking frames per stream per wall second, with
+  everything a live session does (log-mel, batching across sessions, paste-back into
+  the output frame at its size) but the network.
 - **ms per chunk**, split into motion (audio encoder + the student's steps) and renderer
   (K frames), at one stream (median over the chunks).
 - **first-chunk latency** through the real :class:`~avatar.pipelines.neural.NeuralGenerator`:
@@ -304,6 +310,44 @@ async def _first_chunk(scheduler: Any, avatar: PreparedAvatar, seed: int) -> dic
         await generator.aclose()
 
 
+async def _sessions(scheduler: Any, avatar: PreparedAvatar, n: int, seconds: float, seed: int):
+    """``n`` generators speaking at once on the shared scheduler: frames per stream per
+    wall second, end to end (see the module doc)."""
+    from avatar.pipelines.neural import NeuralGenerator, NeuralOptions
+    from avatar.procedural.bench import speech_like_audio
+
+    spec = scheduler.spec
+    size = avatar.image.shape[0]
+    options = [NeuralOptions(fps=spec.fps, size=size, seed=seed + i) for i in range(n)]
+    gens = [NeuralGenerator.load(avatar, o, scheduler) for o in options]
+    streams = [aiter(g) for g in gens]
+    audio = speech_like_audio(seconds, SAMPLE_RATE, seed=seed)
+
+    async def speak(gen: Any, frames: Any) -> int:
+        await gen.push_audio(audio, SAMPLE_RATE)
+        await gen.flush()
+        count = 0
+        while not isinstance(item := await anext(frames), EndOfSegment):
+            count += isinstance(item, VideoFrame) and item.speaking
+        return count
+
+    try:
+        await asyncio.gather(*[anext(f) for f in streams])  # encoded and warm: idle frames
+        start = time.perf_counter()
+        counts = await asyncio.gather(*[speak(g, f) for g, f in zip(gens, streams, strict=True)])
+        wall = time.perf_counter() - start
+    finally:
+        await asyncio.gather(*[g.aclose() for g in gens])
+    return statistics.mean(counts) / wall
+
+
+async def _session_rows(scheduler: Any, avatar: PreparedAvatar, options: Any) -> dict[int, float]:
+    rows = {}
+    for n in options.streams:
+        rows[n] = await _sessions(scheduler, avatar, n, options.seconds, options.seed)
+    return rows
+
+
 def bench_neural(
     options: NeuralBenchOptions | None = None, avatar: PreparedAvatar | None = None
 ) -> dict[str, Any]:
@@ -358,6 +402,7 @@ def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[s
 
                 avatar = make_demo_avatar(size=output_size(spec.image_size))
             latency = asyncio.run(_first_chunk(scheduler, avatar, options.seed))
+            sessions = asyncio.run(_session_rows(scheduler, avatar, options))
         finally:
             asyncio.run(scheduler.aclose())
         peak = torch.cuda.max_memory_allocated(cuda) / 2**20 if cuda is not None else _rss_mb()
@@ -380,8 +425,11 @@ def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[s
         "generator_fps": latency["generator_fps"],
     }
     for row in scaling:
-        metrics[f"fps_per_stream_x{row['streams']}"] = row["fps_per_stream"]
-        metrics[f"fps_total_x{row['streams']}"] = row["fps_total"]
+        n = row["streams"]
+        row["session_fps_per_stream"] = sessions[n]
+        metrics[f"fps_per_stream_x{n}"] = row["fps_per_stream"]
+        metrics[f"fps_total_x{n}"] = row["fps_total"]
+        metrics[f"session_fps_per_stream_x{n}"] = sessions[n]
     return {
         "config": {
             "backend": "neural",

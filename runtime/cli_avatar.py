@@ -183,9 +183,11 @@ def _bench_neural(
     rows = [
         [r["streams"], f"{r['fps_per_stream']:.1f}", f"{r['fps_total']:.1f}"]
         + [f"{r['motion_ms_per_chunk']:.1f}", f"{r['render_ms_per_chunk']:.1f}"]
+        + [f"{r['session_fps_per_stream']:.1f}"]
         for r in result["scaling"]
     ]
     columns = ["streams", "fps/stream", "fps total", "motion ms/chunk", "render ms/chunk"]
+    columns.append("sessions: fps/stream")
     print_table("batched streams", columns, rows)
     err_console.print(f"weights: {result['config']['weights']}", markup=False, highlight=False)
 

@@ -53,6 +53,8 @@ def check_result(data: dict, streams: list[int], runtime: str, device: str) -> N
         assert row["chunks"] >= 1 and row["fps_per_stream"] > 0
         assert row["fps_total"] == pytest.approx(n * row["fps_per_stream"])
         assert metrics[f"fps_total_x{n}"] == pytest.approx(row["fps_total"])
+        # End to end: log-mel, batching, paste-back into the output frame.
+        assert 0 < row["session_fps_per_stream"] == metrics[f"session_fps_per_stream_x{n}"]
     one = scaling[0]
     assert metrics["fps_per_stream"] == pytest.approx(one["fps_per_stream"])
     assert metrics["realtime_factor"] == pytest.approx(one["fps_per_stream"] / 25.0)
