@@ -5,7 +5,9 @@ pixels), framed as the training data were (``avatar.train.crops``: a square of
 ``crop_scale`` times the landmarks' longer extent, moved up by ``crop_shift`` of its
 side). The output frame is the prepared avatar at the output size; every generated crop
 is put back into it with the feathered paste-back of :func:`avatar.face.paste_back`
-(same mask, same blending), with the mask and its footprint computed once per avatar.
+(same mask, same blending), with the mask, its footprint's bounding box and the
+frame's share of the blend computed once per avatar: a paste warps and blends only that
+box (about 4x faster than the whole frame: ~2 ms at 512 px on one core).
 """
 
 from __future__ import annotations
@@ -46,8 +48,10 @@ class FaceFraming:
     crop: np.ndarray
     matrix: np.ndarray
     feather_px: float
-    _alpha: np.ndarray  # (n, 1) float32 weights of the pixels inside the footprint
-    _inside: tuple[np.ndarray, np.ndarray]  # their (rows, cols)
+    _box: tuple[int, int, int, int]  # the footprint's bounding box: y0, y1, x0, x1
+    _box_matrix: np.ndarray  # box-to-crop affine (the matrix from the box's corner)
+    _alpha: np.ndarray  # (h, w, 1) float32 weight of the crop in the box (0 outside)
+    _base: np.ndarray  # (h, w, 3) float32 frame · (1 - alpha) in the box
 
     @classmethod
     def create(
@@ -74,8 +78,17 @@ class FaceFraming:
         mask = np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
         flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         alpha = cv2.warpAffine(mask, matrix, (size, size), flags=flags, borderValue=0.0)
-        inside = np.nonzero(alpha > 0)
-        return cls(frame, crop, matrix, feather, alpha[inside][:, None], inside)
+        rows, cols = np.nonzero(alpha > 0)
+        if not len(rows):  # the crop misses the frame: every paste is the frame itself
+            box = (0, 0, 0, 0)
+        else:
+            box = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+        y0, y1, x0, x1 = box
+        shifted = matrix.copy()
+        shifted[:, 2] += matrix[:, 0] * x0 + matrix[:, 1] * y0
+        a = np.ascontiguousarray(alpha[y0:y1, x0:x1, None])
+        base = frame[y0:y1, x0:x1].astype(np.float32) * (1 - a)
+        return cls(frame, crop, matrix, feather, box, shifted, a, base)
 
     @property
     def model_input(self) -> np.ndarray:
@@ -86,22 +99,22 @@ class FaceFraming:
     def paste(self, crop: np.ndarray) -> np.ndarray:
         """A new output frame with the generated ``crop`` (uint8 (S, S, 3)) pasted in.
 
-        Equal to ``avatar.face.paste_back(self.frame, crop, self.matrix, self.feather_px)``.
+        ``avatar.face.paste_back(self.frame, crop, self.matrix, self.feather_px)`` to
+        within one level: OpenCV rounds the warp's sample positions from the box's
+        corner, not the frame's, so a few per mille of values differ by 1.
         """
         out = self.frame.copy()
-        if not len(self._alpha):
+        y0, y1, x0, x1 = self._box
+        if y1 == y0:
             return out
-        size = self.frame.shape[0]
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
         warped = cv2.warpAffine(
             np.ascontiguousarray(crop),
-            self.matrix,
-            (size, size),
-            flags=flags,
+            self._box_matrix,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
             borderMode=cv2.BORDER_REPLICATE,
         )
-        a = self._alpha
-        blend = warped[self._inside].astype(np.float32) * a
-        blend += self.frame[self._inside].astype(np.float32) * (1 - a)
-        out[self._inside] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        blend = warped.astype(np.float32) * self._alpha
+        blend += self._base
+        out[y0:y1, x0:x1] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
         return out
