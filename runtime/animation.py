@@ -109,7 +109,14 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Any:
         raise ConfigError(f"avatar.runtime={a.runtime!r} cannot run {path}: {err}") from None
     scheduler = BatchScheduler(runner)
     if a.compile:  # compile now, for every batch the sessions can make, not mid-session
-        scheduler.warm_up(sessions or settings.server.max_sessions)
+        try:
+            scheduler.warm_up(sessions or settings.server.max_sessions)
+        except Exception as err:
+            asyncio.run(scheduler.aclose())
+            raise ConfigError(
+                f"avatar.compile = true, but compiling the model failed: {err!s:.500}; "
+                "set avatar.compile = false (or, on the CPU, install a C++ compiler)"
+            ) from err
     return scheduler
 
 

@@ -21,8 +21,8 @@ arrives (:mod:`avatar.pipelines.segment`); each chunk of ``K`` frames (8 = 320 m
 chunks (:class:`~avatar.pipelines.scheduler.BatchScheduler`), then the crops are pasted
 back into the avatar's frame with the feathered paste-back, in order, each frame ready
 to show as soon as it is pasted (the first frame of a chunk does not wait for the other
-seven: ~5-9 ms each at 512 px). Model calls run in the scheduler's worker thread and
-the paste-back in a thread: the event loop never waits.
+seven; ~2 ms each at 512 px). Model calls run in the scheduler's worker thread and the
+paste-back in a thread: the event loop never waits.
 
 Motion stays continuous: a chunk's context is the codes of the ``C`` frames before it on
 screen, also after ``clear_buffer`` (the barge-in cut keeps what was shown) and between

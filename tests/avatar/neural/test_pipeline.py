@@ -455,7 +455,7 @@ class _HeldPastes:
 async def test_a_chunks_first_frame_does_not_wait_for_its_other_pastes(avatar, runner):
     """Frames of a chunk come out as each is pasted back: the first frame is out while
     the chunk's second is still being pasted (the paste-back is the CPU part of the
-    first-frame latency, 5-9 ms per 512 px frame)."""
+    first-frame latency, ~2 ms per 512 px frame)."""
     gen = NeuralGenerator.load(avatar, NeuralOptions(size=128), runner)
     held = _HeldPastes(gen.framing)
     gen.framing = held
