@@ -393,6 +393,8 @@ def _bench(options: NeuralBenchOptions, avatar: PreparedAvatar | None) -> dict[s
         # Every model call in the scheduler's one model thread, as in a live server.
         scheduler = BatchScheduler(runner)
         try:
+            if options.compile:  # every batch size the sessions can make, before timing
+                scheduler.warm_up(max(options.streams))
             scaling = [
                 scheduler.run_blocking(run_streams, runner, crop, n, options.seconds, options.seed)
                 for n in options.streams
