@@ -107,17 +107,26 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Any:
         raise ConfigError(f"avatar.checkpoint={str(path)!r} cannot be used: {err}") from None
     except AvatarError as err:
         raise ConfigError(f"avatar.runtime={a.runtime!r} cannot run {path}: {err}") from None
+    except Exception as err:  # from torch.compile: its cache folder, its compiler
+        if not a.compile:
+            raise
+        raise _compile_failed(err) from err
     scheduler = BatchScheduler(runner)
     if a.compile:  # compile now, for every batch the sessions can make, not mid-session
         try:
             scheduler.warm_up(sessions or settings.server.max_sessions)
         except Exception as err:
             asyncio.run(scheduler.aclose())
-            raise ConfigError(
-                f"avatar.compile = true, but compiling the model failed: {err!s:.500}; "
-                "set avatar.compile = false (or, on the CPU, install a C++ compiler)"
-            ) from err
+            raise _compile_failed(err) from err
     return scheduler
+
+
+def _compile_failed(err: Exception) -> ConfigError:
+    return ConfigError(
+        f"avatar.compile = true, but compiling the model failed: {err!s:.500}; set "
+        "avatar.compile = false, or give torch.compile what it needs (a writable "
+        "TORCHINDUCTOR_CACHE_DIR; on the CPU, a C++ compiler)"
+    )
 
 
 def avatar_generator(settings: Settings, avatar: PreparedAvatar, engine: Any = None) -> Any:

@@ -198,3 +198,23 @@ def test_compile_setting_compiles_every_batch_size_at_load(checkpoint):
         assert counters["stats"]["unique_graphs"] == compiled  # ...compiled already
     finally:
         asyncio.run(engine.aclose())
+
+
+def test_a_compile_that_cannot_write_its_cache_is_a_config_error(checkpoint, monkeypatch, tmp_path):
+    """torch.compile's cache folder cannot be made (a file is in the way: like a
+    read-only or full disk): the engine does not start, and the error names the setting."""
+    from runtime.animation import load_avatar_engine
+    from runtime.config import load_config
+    from runtime.errors import ConfigError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(blocker / "cache"))
+    settings = load_config(
+        None,
+        avatar={"backend": "neural", "checkpoint": checkpoint, "compile": True},
+        server={"max_sessions": 1},
+    )
+    with pytest.raises(ConfigError, match="set avatar.compile = false") as caught:
+        load_avatar_engine(settings)
+    assert "Not a directory" in str(caught.value)
