@@ -147,21 +147,14 @@ class _PasteBack:
         loop = asyncio.get_running_loop()
         self.images = [loop.create_future() for _ in range(len(crops))]
 
-        def settle(future: asyncio.Future, image: np.ndarray | None, err: Exception | None):
-            if future.done():
-                return
-            if err is None:
-                future.set_result(image)
-            else:
-                future.set_exception(err)
-
-        def work() -> None:
+        def work() -> None:  # only this thread resolves the futures
             for future, crop in zip(self.images, crops, strict=True):
                 try:
-                    image, err = framing.paste(crop), None
-                except Exception as exc:  # shown when the frame is taken
-                    image, err = None, exc
-                loop.call_soon_threadsafe(settle, future, image, err)
+                    image = framing.paste(crop)
+                except Exception as exc:  # raised when the frame is taken
+                    loop.call_soon_threadsafe(future.set_exception, exc)
+                else:
+                    loop.call_soon_threadsafe(future.set_result, image)
 
         self.done = loop.run_in_executor(None, work)
 
