@@ -24,6 +24,7 @@ from runtime.cli_common import (
     fail,
     handle_errors,
     out,
+    print_table,
     require_file,
     state,
     write_bench,
@@ -308,12 +309,26 @@ def bench_voice(
 def bench_consent(
     seconds: Annotated[float, typer.Option(min=5, max=60, help="length of the test clip")] = 20,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    attacks: Annotated[
+        bool, typer.Option("--attacks", help="run the attack suite: APCER per class, BPCER")
+    ] = False,
+    bona_fide: Annotated[int, typer.Option(min=0, max=500, help="genuine ceremonies")] = 40,
+    per_class: Annotated[int, typer.Option(min=0, max=100, help="attacks of each class")] = 5,
+    only: Annotated[
+        str | None, typer.Option(help="attack classes to run, comma-separated (default: all)")
+    ] = None,
+    jobs: Annotated[int, typer.Option(min=1, max=32, help="worker processes")] = 1,
+    seed: Annotated[int, typer.Option(help="varies plans, timings and noise")] = 0,
 ) -> None:
-    """Time to verify one liveness clip (synthetic turning face reading its digits)."""
-    from consent.liveness.bench import bench_liveness
+    """Time to verify one liveness clip; with --attacks, the live ceremony's attack suite."""
     from runtime.bench import machine_info
 
     state.load()
+    if attacks:
+        _bench_attacks(json_path, bona_fide, per_class, only, jobs, seed, machine_info())
+        return
+    from consent.liveness.bench import bench_liveness
+
     metrics = bench_liveness(seconds=seconds)
     write_bench(
         "consent",
@@ -325,6 +340,68 @@ def bench_consent(
         },
         json_path,
     )
+
+
+def _bench_attacks(
+    json_path: Path | None,
+    bona_fide: int,
+    per_class: int,
+    only: str | None,
+    jobs: int,
+    seed: int,
+    machine: dict,
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from consent.ceremony.attacks import ATTACKS
+    from consent.ceremony.bench import bench_attacks, table_rows
+
+    classes = ATTACKS if not only else tuple(c.strip() for c in only.split(",") if c.strip())
+    unknown = [c for c in classes if c not in ATTACKS]
+    if unknown:
+        raise InputError(f"unknown attack classes {unknown}; known: {', '.join(ATTACKS)}")
+    total = bona_fide + per_class * len(classes)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("ceremonies", total=total)
+        result = bench_attacks(
+            bona_fide,
+            per_class,
+            classes,
+            seed=seed,
+            jobs=jobs,
+            on_run=lambda _run: progress.advance(task),
+        )
+    print_table(
+        "likeness bench consent --attacks",
+        ["class", "runs", "APCER / BPCER", "caught by (failed points)"],
+        table_rows(result),
+    )
+    body = {
+        "bench": "consent-attacks",
+        "machine": machine,
+        "config": {
+            "bona_fide": bona_fide,
+            "per_class": per_class,
+            "classes": list(classes),
+            "seed": seed,
+            "jobs": jobs,
+        },
+        **result,
+    }
+    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in result["metrics"].items()]
+    print_table("figures", ["metric", "value"], rows)
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(body, indent=2) + "\n")
+        err_console.print(f"wrote {json_path}", markup=False, highlight=False)
 
 
 @bench_app.command("session")
