@@ -1,9 +1,16 @@
 """Faces on the command line: prepare a photo, animate it from speech, benchmark.
 
 An avatar reference is one of: ``synthetic`` (the demo face drawn by code), the
-id of a prepared avatar in the store, or a photo file (prepared on the fly and
-stored). The consent gate for photos arrives with the consent milestone; until
-then these commands only work on files the operator already has.
+id of a prepared avatar in the store, or a photo file (prepared on the fly).
+
+A real person's face is rendered only with their consent, asked of the same gate
+as live sessions (``consent.gate.ConsentGate.check``, audited): :meth:`FacePermit.ask`
+before any work, for a :class:`FaceUse` (deployment ``cli``, purpose
+``offline-video``, ``training-data`` or ``benchmark``). A refusal is an
+:class:`~runtime.errors.InputError` with the gate's reason (exit 2) and nothing is
+written. Every frame written to a file carries what a session's frames carry
+(:func:`frame_stamp`): the visible "AI-generated" label and the invisible watermark
+of the grant id, or "synthetic" for the demo face, which needs no grant.
 """
 
 from __future__ import annotations
@@ -11,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +33,20 @@ from avatar.procedural.generator import ProceduralOptions, render_clip
 from avatar.store import AvatarStore
 from avatar.synthetic import make_demo_avatar
 from avatar.types import PreparedAvatar
+from consent.watermark import Watermark
+from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
 from runtime.config import Settings
 from runtime.errors import ConfigError, InputError
+from runtime.label import AiLabel, FrameStamp
 from voice.audio import read_audio
 from voice.types import Timing
 
 SYNTHETIC_REF = "synthetic"
+CLI_DEPLOYMENT = "cli"  # the grant deployment of the command line
+OFFLINE_VIDEO = "offline-video"  # grant purpose: ``likeness animate``
+TRAINING_DATA = "training-data"  # grant purpose: ``likeness avatar synth``
+BENCHMARK = "benchmark"  # grant purpose: ``likeness bench avatar --face PHOTO``
 
 
 def face_options(settings: Settings) -> FaceOptions:
@@ -159,24 +174,160 @@ def store(settings: Settings) -> AvatarStore:
     return AvatarStore(settings.avatars_dir)
 
 
-def prepare_from_photo(settings: Settings, photo: Path) -> PreparedAvatar:
-    """Detect, align and store the face of ``photo``; returns the prepared avatar."""
+def prepare_from_photo(settings: Settings, photo: Path, save: bool = True) -> PreparedAvatar:
+    """Detect and align the face of ``photo`` (and store it, with ``save``)."""
     analyzer = FaceAnalyzer.load(face_options(settings))
     prepared = prepare_photo(read_image(photo), analyzer, size=settings.avatar.size)
-    store(settings).save(prepared)
+    if save:
+        store(settings).save(prepared)
     return prepared
 
 
-def resolve_avatar(settings: Settings, ref: str) -> PreparedAvatar:
-    """``synthetic``, a stored avatar id, or a photo file (see module doc)."""
+def resolve_avatar(settings: Settings, ref: str, save: bool = True) -> PreparedAvatar:
+    """``synthetic``, a stored avatar id, or a photo file (see module doc).
+
+    A photo is prepared on the fly and, with ``save``, stored under its id. The
+    consent-gated commands pass ``save=False``: a refused face leaves nothing behind.
+    """
     if ref == SYNTHETIC_REF:
         return make_demo_avatar(size=settings.avatar.size)
     path = Path(ref).expanduser()
     if path.is_file():
-        return prepare_from_photo(settings, path)
+        return prepare_from_photo(settings, path, save)
     if ref in store(settings):
         return store(settings).load(ref)
     raise InputError(f"{ref}: not a photo file, a prepared avatar id, or '{SYNTHETIC_REF}'")
+
+
+@dataclass(frozen=True, slots=True)
+class FaceUse:
+    """What an offline render of a face is for: the scope its grant must cover.
+
+    Attributes:
+        purpose: the purpose asked for (``offline-video``, ``training-data``, ``benchmark``).
+        deployment: the deployment asked for; ``cli`` on the command line.
+    """
+
+    purpose: str = OFFLINE_VIDEO
+    deployment: str = CLI_DEPLOYMENT
+
+
+class FacePermit:
+    """The consent gate's leave to render one face offline, held while rendering.
+
+    Get it with :meth:`ask` before any work; call :meth:`confirm` right before the
+    frames are written (it asks again when a revoke or an expiry may have ended the
+    permission, as a live session does) and mark the frames with the grant id it
+    returns; :meth:`close` at the end (or use it as a context manager). A synthetic
+    face gets a permit without asking: no grant, frames marked "synthetic".
+    """
+
+    def __init__(
+        self, gate: Any = None, consent: Any = None, use: FaceUse | None = None, epoch: int = 0
+    ) -> None:
+        self._gate = gate  # consent.gate.ConsentGate; None for the synthetic face
+        self._consent = consent  # runtime.session.ConsentUse, checked and allowed
+        self.use = use or FaceUse()
+        self.avatar_id: str | None = None if consent is None else consent.avatar_id
+        self._epoch = epoch  # the revocation epoch seen at the last check
+        self.use_id = f"cli-{uuid.uuid4().hex[:12]}"  # names the use in the audit log
+
+    @classmethod
+    def ask(cls, settings: Settings, avatar: PreparedAvatar, use: FaceUse) -> FacePermit:
+        """Ask the consent gate whether ``avatar`` may be rendered for ``use`` (audited).
+
+        Blocking (opens the consent store). As for a session's offer, a registered
+        deployment must also list the face (``consent.portal.deployment_allows``).
+
+        Raises:
+            InputError: refused; the message is the gate's reason in plain words.
+        """
+        if avatar.synthetic:
+            return cls(use=use)
+        from consent.portal import deployment_allows
+        from runtime.session import ConsentUse
+
+        gate = components.consent_gate(settings)
+        try:
+            epoch = gate.epoch()
+            consent = ConsentUse(gate, avatar.id, use.deployment, use.purpose)
+            decision = consent.check()
+            if not decision.allowed:
+                raise InputError(f"no permission to use this face: {decision.reason}")
+            if deployment_allows(gate.store, use.deployment, avatar.id) is False:
+                raise InputError(f"deployment {use.deployment!r} is not set up to show this face")
+            permit = cls(gate, consent, use, epoch)
+            gate.record_use(
+                "use_start", avatar_id=avatar.id, deployment=use.deployment, session=permit.use_id
+            )
+        except BaseException:
+            gate.store.close()
+            raise
+        return permit
+
+    @property
+    def grant_id(self) -> str | None:
+        """The grant the face is rendered under; None for the synthetic face."""
+        return None if self._consent is None else self._consent.grant_id
+
+    def covers(self, avatar: PreparedAvatar) -> bool:
+        """True when this permit is for ``avatar`` (a synthetic permit: the synthetic face)."""
+        return avatar.synthetic if self.avatar_id is None else avatar.id == self.avatar_id
+
+    def confirm(self) -> str | None:
+        """Check that the permission still holds; returns the grant id to mark frames with.
+
+        Asks the gate again (audited) only when the revocation epoch moved or the
+        grant expired since the last check; it may then answer with another grant.
+
+        Raises:
+            InputError: the permission ended; write nothing.
+            ValueError: the permit was closed already.
+        """
+        if self._consent is None:
+            return None  # the synthetic face
+        if self._gate is None:
+            raise ValueError("this permit was closed; ask the gate again")
+        epoch = self._gate.epoch()
+        if epoch != self._epoch or time.time() >= self._consent.expires_at:
+            self._epoch = epoch
+            decision = self._consent.check()
+            if not decision.allowed:
+                raise InputError(f"no permission to use this face any more: {decision.reason}")
+        return self.grant_id
+
+    def close(self) -> None:
+        """Audit the end of the use and close the consent store; safe to call twice."""
+        gate, self._gate = self._gate, None
+        if gate is None:
+            return
+        try:
+            gate.record_use(
+                "use_end",
+                avatar_id=self._consent.avatar_id,
+                deployment=self.use.deployment,
+                session=self.use_id,
+            )
+        finally:
+            gate.store.close()
+
+    def __enter__(self) -> FacePermit:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def frame_stamp(settings: Settings, grant_id: str | None, size: int) -> FrameStamp:
+    """Both marks a session puts on every frame, for ``size``-square frames: the visible
+    "AI-generated" label, then (with ``consent.watermark``) the invisible watermark of
+    ``grant_id`` (None: "synthetic"). Blocking: reads or creates the data dir's
+    watermark key (~5 ms)."""
+    watermark = None
+    if settings.consent.watermark:
+        key = WatermarkKey.load(key_dir(settings.data_dir))
+        watermark = Watermark.make(key, grant_id, size)
+    return FrameStamp(AiLabel(size), watermark)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -212,11 +363,23 @@ async def speech_from_text(settings: Settings, text: str) -> Speech:
 
 @dataclass(frozen=True, slots=True)
 class ClipResult:
+    """A written clip.
+
+    Attributes:
+        path: the mp4.
+        frames: frames written.
+        duration: seconds of video.
+        render_s: seconds spent rendering (not encoding).
+        landmarks: the per-frame landmarks file, if asked for.
+        grant_id: the grant every frame's watermark names; None: "synthetic".
+    """
+
     path: Path
     frames: int
     duration: float
     render_s: float
     landmarks: Path | None
+    grant_id: str | None = None
 
 
 def animate_to_file(
@@ -226,22 +389,49 @@ def animate_to_file(
     output: Path,
     landmarks: Path | None = None,
     on_frame: Callable[[int], None] | None = None,
+    permit: FacePermit | None = None,
 ) -> ClipResult:
-    """Render the whole utterance and write an mp4 with the audio muxed in."""
-    options = generator_options(settings)
-    timings = list(speech.timings) or None
-    if settings.avatar.backend == "neural":
-        engine = load_avatar_engine(settings, sessions=1)
-        started = time.perf_counter()
-        frames = asyncio.run(_neural_clip(settings, avatar, speech, engine))
-    else:
-        started = time.perf_counter()
-        frames = render_clip(avatar, speech.pcm, speech.sample_rate, timings, options)
-    render_s = time.perf_counter() - started
-    write_mp4(output, frames, options.fps, speech.pcm, speech.sample_rate, on_frame=on_frame)
-    if landmarks is not None:
-        write_landmarks(landmarks, frames, options.fps)
-    return ClipResult(output, len(frames), len(frames) / options.fps, render_s, landmarks)
+    """Render the whole utterance and write an mp4 with the audio muxed in.
+
+    Args:
+        permit: the consent gate's leave for ``avatar`` (:meth:`FacePermit.ask`; the
+            caller closes it); None asks for the default use, ``offline-video`` in ``cli``.
+
+    The permission is confirmed before writing, and every frame carries the label and
+    the watermark of its grant (or "synthetic").
+
+    Raises:
+        InputError: the consent gate refused (its reason in the message); no file
+            is written.
+        ValueError: ``permit`` is for another face.
+    """
+    owned = permit is None
+    permit = permit or FacePermit.ask(settings, avatar, FaceUse())
+    try:
+        if not permit.covers(avatar):
+            raise ValueError(f"the permit is for avatar {permit.avatar_id}, not {avatar.id}")
+        options = generator_options(settings)
+        timings = list(speech.timings) or None
+        if settings.avatar.backend == "neural":
+            engine = load_avatar_engine(settings, sessions=1)
+            started = time.perf_counter()
+            frames = asyncio.run(_neural_clip(settings, avatar, speech, engine))
+        else:
+            started = time.perf_counter()
+            frames = render_clip(avatar, speech.pcm, speech.sample_rate, timings, options)
+        render_s = time.perf_counter() - started
+        grant_id = permit.confirm()
+        size = frames[0].image.shape[0] if frames else settings.avatar.size
+        stamp = frame_stamp(settings, grant_id, size)
+        marked = (replace(frame, image=stamp.apply(frame.image)) for frame in frames)
+        write_mp4(output, marked, options.fps, speech.pcm, speech.sample_rate, on_frame=on_frame)
+        if landmarks is not None:
+            write_landmarks(landmarks, frames, options.fps)
+    finally:
+        if owned:
+            permit.close()
+    n = len(frames)
+    return ClipResult(output, n, n / options.fps, render_s, landmarks, grant_id)
 
 
 async def _neural_clip(settings: Settings, avatar: PreparedAvatar, speech: Speech, engine: Any):

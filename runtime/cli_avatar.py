@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -21,6 +21,9 @@ from runtime.cli_common import (
     write_bench,
 )
 from runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from runtime.animation import FaceUse
 
 avatar_app = typer.Typer(help="Faces: prepare photos, make synthetic clips.", no_args_is_help=True)
 
@@ -69,9 +72,11 @@ def _animate(
     say: str | None,
     output: Path,
     landmarks: Path | None,
+    use: FaceUse,
     backend: str | None = None,
 ) -> None:
     from runtime.animation import (
+        FacePermit,
         animate_to_file,
         resolve_avatar,
         speech_from_file,
@@ -85,26 +90,30 @@ def _animate(
         avatar_config = settings.avatar.model_copy(update={"backend": backend})
         settings = settings.model_copy(update={"avatar": avatar_config})
     check_output(output)
-    avatar = resolve_avatar(settings, face)
-    if audio is not None:
-        speech = speech_from_file(require_file(audio, "audio file"))
-    else:
-        speech = asyncio.run(speech_from_text(settings, say or ""))
-    total = int(len(speech.pcm) / speech.sample_rate * settings.avatar.fps) + 1
-    with _progress() as progress:
-        task = progress.add_task("encoding", total=total)
-        result = animate_to_file(
-            settings,
-            avatar,
-            speech,
-            output,
-            landmarks,
-            on_frame=lambda n: progress.update(task, completed=n),
-        )
+    avatar = resolve_avatar(settings, face, save=False)
+    with FacePermit.ask(settings, avatar, use) as permit:  # before any speech is made
+        if audio is not None:
+            speech = speech_from_file(require_file(audio, "audio file"))
+        else:
+            speech = asyncio.run(speech_from_text(settings, say or ""))
+        total = int(len(speech.pcm) / speech.sample_rate * settings.avatar.fps) + 1
+        with _progress() as progress:
+            task = progress.add_task("encoding", total=total)
+            result = animate_to_file(
+                settings,
+                avatar,
+                speech,
+                output,
+                landmarks,
+                on_frame=lambda n: progress.update(task, completed=n),
+                permit=permit,
+            )
     kind = "synthetic" if avatar.synthetic else "photo"
+    mark = "synthetic" if result.grant_id is None else f"grant {result.grant_id}"
     err_console.print(
         f"wrote {result.path}: {result.frames} frames, {result.duration:.2f} s "
-        f"({kind} avatar {avatar.id}, rendered at {result.frames / result.render_s:.0f} fps)",
+        f"({kind} avatar {avatar.id}, rendered at {result.frames / result.render_s:.0f} fps; "
+        f"every frame labelled AI-generated and watermarked: {mark})",
         markup=False,
         highlight=False,
     )
@@ -113,6 +122,7 @@ def _animate(
 
 
 FACE_HELP = "a photo file, a prepared avatar id, or 'synthetic' (the drawn demo face)"
+DEPLOYMENT_HELP = "the grant deployment asked for (a real face needs a grant covering it)"
 
 
 @avatar_app.command("synth")
@@ -122,9 +132,17 @@ def synth(
     audio: Annotated[Path | None, typer.Argument(help="speech (any rate)")] = None,
     output: Annotated[Path, typer.Option("-o", "--output", help="clip .mp4")] = Path("clip.mp4"),
     say: Annotated[str | None, typer.Option(help="speak this text instead of a file")] = None,
+    deployment: Annotated[str, typer.Option(help=DEPLOYMENT_HELP)] = "cli",
 ) -> None:
-    """A synthetic talking clip for tests and training: mp4 + per-frame landmarks (.npz)."""
-    _animate(face, audio, say, output, output.with_suffix(".landmarks.npz"), "procedural")
+    """A synthetic talking clip for tests and training: mp4 + per-frame landmarks (.npz).
+
+    A real person's face needs their grant for purpose "training-data" in the
+    deployment (default "cli"); without one: exit 2 with the reason, nothing written.
+    """
+    from runtime.animation import TRAINING_DATA, FaceUse
+
+    landmarks = output.with_suffix(".landmarks.npz")
+    _animate(face, audio, say, output, landmarks, FaceUse(TRAINING_DATA, deployment), "procedural")
 
 
 def animate(
@@ -135,14 +153,21 @@ def animate(
     backend: Annotated[
         str | None, typer.Option(help="procedural | neural (default: avatar.backend)")
     ] = None,
+    deployment: Annotated[str, typer.Option(help=DEPLOYMENT_HELP)] = "cli",
 ) -> None:
     """Animate a face from speech into an mp4 with the audio muxed in.
 
-    ``--backend neural`` needs ``avatar.checkpoint`` (LIKENESS_AVATAR__CHECKPOINT=PATH).
+    A real person's face needs their grant for purpose "offline-video" in the
+    deployment (default "cli"); without one: exit 2 with the reason, nothing written.
+    Every frame is labelled "AI-generated" and watermarked with the grant id (or
+    "synthetic"). ``--backend neural`` needs ``avatar.checkpoint``
+    (LIKENESS_AVATAR__CHECKPOINT=PATH).
     """
+    from runtime.animation import OFFLINE_VIDEO, FaceUse
+
     if backend not in (None, "procedural", "neural"):
         raise InputError(f"unknown avatar backend {backend!r}; available: procedural, neural")
-    _animate(face, audio, say, output, None, backend)
+    _animate(face, audio, say, output, None, FaceUse(OFFLINE_VIDEO, deployment), backend)
 
 
 def _bench_neural(
@@ -157,6 +182,7 @@ def _bench_neural(
     steps: int,
     threads: int,
     compile_: bool,
+    deployment: str,
 ) -> None:
     """``bench avatar --backend neural``: all cores, a table per stream count, JSON."""
     from avatar.bench_neural import (
@@ -165,7 +191,7 @@ def _bench_neural(
         bench_neural,
         parse_streams,
     )
-    from runtime.animation import resolve_avatar
+    from runtime.animation import BENCHMARK, FacePermit, FaceUse, resolve_avatar
     from runtime.bench import machine_info
 
     try:
@@ -175,8 +201,13 @@ def _bench_neural(
         )
     except NeuralBenchError as err:
         raise InputError(str(err)) from None
-    avatar = None if face == "synthetic" else resolve_avatar(state.load(), face)
-    result = bench_neural(options, avatar)
+    settings = state.load()
+    avatar = None if face == "synthetic" else resolve_avatar(settings, face, save=False)
+    if avatar is None:
+        result = bench_neural(options, None)
+    else:
+        with FacePermit.ask(settings, avatar, FaceUse(BENCHMARK, deployment)):
+            result = bench_neural(options, avatar)
     result = {"bench": "avatar", "machine": machine_info(), **result}
     result["config"]["face"] = face
     write_bench("avatar", result, json_path)
@@ -207,24 +238,37 @@ def bench_avatar(
     compile_: Annotated[
         bool, typer.Option("--compile", help="neural, torch: torch.compile (CUDA graphs)")
     ] = False,
+    deployment: Annotated[str, typer.Option(help=DEPLOYMENT_HELP)] = "cli",
 ) -> None:
     """Procedural: one CPU core, fps, frame ms, first frame, CPU use. Neural: fps per
-    stream and with 1-8 batched streams, first-chunk latency, ms per chunk, GFLOPs, memory."""
+    stream and with 1-8 batched streams, first-chunk latency, ms per chunk, GFLOPs, memory.
+
+    A real person's face (``--face PHOTO``) needs their grant for purpose "benchmark"
+    in the deployment (default "cli"); no frame is written.
+    """
     from avatar.procedural.bench import bench_procedural
-    from runtime.animation import generator_options, pin_to_one_core, resolve_avatar
+    from runtime.animation import (
+        BENCHMARK,
+        FacePermit,
+        FaceUse,
+        generator_options,
+        pin_to_one_core,
+        resolve_avatar,
+    )
     from runtime.bench import machine_info
 
     if backend == "neural":
         options = (size, engine, device, streams, checkpoint, steps, threads, compile_)
-        _bench_neural(json_path, seconds, face, *options)
+        _bench_neural(json_path, seconds, face, *options, deployment)
         return
     if backend != "procedural":
         raise InputError(f"unknown avatar backend {backend!r}; available: procedural, neural")
     settings = state.load()
-    avatar = resolve_avatar(settings, face)
-    core = pin_to_one_core()
-    options = generator_options(settings)
-    metrics = bench_procedural(avatar, seconds=seconds, options=options)
+    avatar = resolve_avatar(settings, face, save=False)
+    with FacePermit.ask(settings, avatar, FaceUse(BENCHMARK, deployment)):
+        core = pin_to_one_core()
+        options = generator_options(settings)
+        metrics = bench_procedural(avatar, seconds=seconds, options=options)
     result = {
         "bench": "avatar",
         "machine": {**machine_info(), "pinned_core": core},
