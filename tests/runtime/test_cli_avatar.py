@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 from PIL import Image
 
 from avatar.export import probe
@@ -52,14 +51,14 @@ def test_prepare_bad_input_exits_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_animate_photo_writes_a_playable_mp4(astronaut, speech, tmp_path):
+def test_animate_photo_without_a_grant_writes_nothing(astronaut, speech, tmp_path):
+    # A real person's photo needs a grant (tests/runtime/test_cli_consent.py covers the
+    # granted path: a playable mp4, labelled and watermarked with the grant's id).
     out = tmp_path / "out.mp4"
     result = run("animate", str(astronaut), str(speech), "-o", str(out))
-    assert result.returncode == 0, result.stderr
-    info = probe(out)
-    assert info["width"] == 512 and info["height"] == 512
-    assert abs(info["audio_duration"] - info["video_duration"]) <= 1 / info["fps"]
-    assert abs(info["video_duration"] - sf.info(speech).duration) <= 1 / info["fps"] + 1e-6
+    assert result.returncode == 2, result.stderr
+    assert "no permission to use this face" in result.stderr
+    assert not out.exists()
 
 
 @pytest.mark.slow
