@@ -1,4 +1,4 @@
-"""Enrolment: from an uploaded photo and a recorded clip to a stored liveness record.
+"""Enrolment: from an uploaded photo and a live ceremony to a stored liveness record.
 
 The portal's enrolment routes call this service; it holds the face analyzer and the
 Whisper model (loaded once by :meth:`Enrolment.load`) and decides everything on the
@@ -6,10 +6,14 @@ server. Life of an enrolment::
 
     enrolment = Enrolment.load(settings, store)              # blocking: models load here
     avatar_id = enrolment.add_photo(subject_id, photo_bytes)  # exactly one face, or refused
-    pending = enrolment.challenge(subject_id, avatar_id, now=time.time())
-    ...  # the browser shows pending.to_json(), records, uploads the clip
-    result, record = enrolment.submit(subject_id, nonce, clip, started_at, now=time.time())
-    # result.points explain every failed point; record.id goes into the grant request
+    opened = enrolment.open_ceremony(subject_id, avatar_id, now=time.time())
+    ...  # consent.ceremony.live drives opened.ceremony over WebRTC, then
+    record = opened.finish(result, now=time.time())           # record.id: the grant's
+    opened.close()                                            # the next ceremony may start
+
+A grant rests only on a live ceremony. An uploaded clip (:meth:`Enrolment.challenge`,
+:meth:`Enrolment.submit`) is still checked, for an operator's review, but its record
+carries a failed ``live`` point, so no grant can rest on it.
 
 Every method is blocking (models, database, files): call them from a worker thread in
 async code. Checks run one at a time (a lock), since each takes the CPU for seconds.
@@ -43,16 +47,28 @@ from avatar.face import FaceAnalyzer, FaceOptions, align_face, as_rgb
 from avatar.store import AvatarStore
 from avatar.types import PreparedAvatar
 from consent import ConsentError
+from consent.ceremony.engine import Ceremony, CeremonyOptions
+from consent.ceremony.plan import plan_ceremony
 from consent.errors import GrantError, NotFoundError, ShreddedError
-from consent.liveness.challenge import issue_challenge
+from consent.liveness.challenge import Challenge, issue_challenge
 from consent.liveness.nonces import UNKNOWN, USED, DatabaseNonceBook, StoredChallenge, nonce_hash
-from consent.liveness.verify import LivenessOptions, LivenessResult, load_asr, verify_clip
+from consent.liveness.verify import (
+    LivenessOptions,
+    LivenessResult,
+    Point,
+    load_asr,
+    verify_clip,
+)
 from consent.store import ConsentStore, LivenessInfo, photo_hash
+from voice.types import AudioChunk
+from voice.vad import SileroVAD
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
 _CLIP_NAME = re.compile(r"^clip-([0-9a-f]{1,64})-(\d{1,12})\.enc$")
 DAY_S = 86_400.0
+CLIP_REVIEW_ONLY = "An uploaded clip is checked for review only; a grant needs the live ceremony."
+BUSY = "Another live check is running on this server: wait a minute, then try again."
 
 
 class EnrolmentError(ConsentError):
@@ -85,7 +101,8 @@ class EnrolmentOptions:
         keep_clips_days: 0 discards every clip after its check; more keeps it encrypted
             for that many days.
         avatar_size: side of the prepared face crop saved for animation.
-        liveness: the thresholds of the check.
+        liveness: the thresholds of the uploaded clip's check.
+        ceremony: the thresholds and timing of the live ceremony.
     """
 
     max_photo_bytes: int = 10_000_000
@@ -97,6 +114,7 @@ class EnrolmentOptions:
     keep_clips_days: int = 0
     avatar_size: int = 512
     liveness: LivenessOptions = field(default_factory=LivenessOptions)
+    ceremony: CeremonyOptions = field(default_factory=CeremonyOptions)
 
     def __post_init__(self) -> None:
         if self.max_photo_bytes < 1 or self.max_clip_bytes < 1:
@@ -131,7 +149,8 @@ def face_options(settings: Any) -> FaceOptions:
 
 
 def result_json(result: LivenessResult, record: LivenessInfo) -> dict:
-    """The wire body of ``POST /api/consent/enrol/clip`` for a checked clip."""
+    """The wire body of ``POST /api/consent/enrol/clip`` for a checked clip (and the
+    fields the live ceremony's result message shares with it)."""
     return {
         "passed": result.passed,
         "liveness_id": record.id,
@@ -174,7 +193,8 @@ class Enrolment:
         self.options = options or EnrolmentOptions()
         self.book = DatabaseNonceBook(store.engine, store.keys)
         self._rng = rng
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the face analyzer and Whisper, one call at a time
+        self._ceremony_slot = threading.Lock()  # one live ceremony at a time
 
     @classmethod
     def load(
@@ -305,6 +325,11 @@ class Enrolment:
                 or too many challenges were issued in the last hour (429).
         """
         self._own_photo(subject_id, avatar_id)
+        self._within_rate(subject_id, now)
+        challenge = issue_challenge(self._rng, ttl_s=self.options.challenge_ttl_s, now=now)
+        return self.book.register(challenge, subject_id, avatar_id)
+
+    def _within_rate(self, subject_id: str, now: float) -> None:
         limit = self.options.challenges_per_hour
         if self.book.issued_since(subject_id, now - 3600.0) >= limit:
             raise EnrolmentError(
@@ -312,8 +337,6 @@ class Enrolment:
                 f"Too many checks were started in the last hour (at most {limit}): "
                 "wait a while, then try again.",
             )
-        challenge = issue_challenge(self._rng, ttl_s=self.options.challenge_ttl_s, now=now)
-        return self.book.register(challenge, subject_id, avatar_id)
 
     def pending(self, subject_id: str, now: float) -> StoredChallenge | None:
         """The subject's newest unused, unexpired challenge (to resume), or None."""
@@ -328,14 +351,69 @@ class Enrolment:
         except (ShreddedError, NotFoundError):
             raise EnrolmentError(410, "This photo was deleted: upload it again.") from None
 
-    # ---- the check ----------------------------------------------------------------------
+    # ---- the live ceremony ------------------------------------------------------------
+
+    def open_ceremony(self, subject_id: str, avatar_id: str, now: float) -> OpenCeremony:
+        """Start a live ceremony for ``subject_id`` with the face of ``avatar_id``.
+
+        Plans the prompts, registers the plan's nonce as a challenge (counted by the
+        hourly limit) and uses it up at once: the ceremony starts now, and its nonce
+        point says whether that worked. Only one ceremony runs per server at a time.
+
+        Returns:
+            The open ceremony: drive ``.ceremony`` (``consent.ceremony.live``), then call
+            ``.finish(result, now)`` and always ``.close()``.
+
+        Raises:
+            EnrolmentError: the photo is not this subject's (404) or was deleted (410),
+                too many checks in the last hour (429), another ceremony is running (503).
+        """
+        reference = self._own_photo(subject_id, avatar_id)
+        self._within_rate(subject_id, now)
+        if not self._ceremony_slot.acquire(blocking=False):
+            raise EnrolmentError(503, BUSY)
+        try:
+            plan = plan_ceremony(rng=self._rng)
+            challenge = Challenge(
+                nonce=plan.nonce,
+                digits=plan.digits,
+                turns=plan.turns,  # type: ignore[arg-type]
+                issued_at=now,
+                expires_at=now + self.options.challenge_ttl_s,
+            )
+            self.book.register(challenge, subject_id, avatar_id)
+            verdict = self.book.consume(plan.nonce, now, subject_id, avatar_id)
+            nonce = Point("nonce", verdict.ok, 1.0 if verdict.ok else 0.0, verdict.reason)
+            ceremony = Ceremony(
+                plan,
+                reference,
+                self.analyzer,
+                self._transcribe,
+                SileroVAD.load(),
+                self.options.ceremony,
+                nonce=nonce,
+            )
+        except BaseException:
+            self._ceremony_slot.release()
+            raise
+        return OpenCeremony(
+            secrets.token_hex(8), subject_id, avatar_id, ceremony, self._lock, self, plan.nonce
+        )
+
+    def _transcribe(self, pcm: np.ndarray) -> str:
+        return self.asr.transcribe_sync(AudioChunk(pcm, 16_000)).text
+
+    # ---- the uploaded clip (review only) ----------------------------------------------
 
     def submit(
         self, subject_id: str, nonce: str, clip: bytes, started_at: float, now: float
     ) -> tuple[LivenessResult, LivenessInfo]:
-        """Check a recorded clip against its challenge and store the outcome.
+        """Check a recorded clip against its challenge and store the outcome, for review.
 
-        The nonce is used up whatever the outcome. The raw clip is discarded after the
+        The outcome never passes: a failed ``live`` point (:data:`CLIP_REVIEW_ONLY`)
+        follows the clip's own points, so no grant can rest on an uploaded clip (an
+        attacker forges one offline from a photo). The nonce is used up whatever the
+        outcome. The raw clip is discarded after the
         check unless ``keep_clips_days > 0`` (then kept encrypted, see the module doc).
 
         Args:
@@ -346,8 +424,8 @@ class Enrolment:
             now: when the upload arrived, unix seconds (the server's clock).
 
         Returns:
-            (result, record): show every point of ``result`` (``result_json``); a passed
-            ``record.id`` is the ``liveness_id`` of the grant request.
+            (result, record): show every point of ``result`` (``result_json``); the
+            clip's own points say whether it would have held.
 
         Raises:
             EnrolmentError: bad upload (400/413), unknown challenge (404), challenge
@@ -383,6 +461,8 @@ class Enrolment:
                 started_at=float(started_at),
                 options=self.options.liveness,
             )
+        review = Point("live", False, 0.0, CLIP_REVIEW_ONLY)
+        result = replace(result, passed=False, points=(*result.points, review))
         record = self._record(subject_id, found.avatar_id, nonce, result, now)
         if self.options.keep_clips_days > 0:
             self._keep_clip(subject_id, record.id, bytes(clip), now)
@@ -397,7 +477,8 @@ class Enrolment:
         self, subject_id: str, avatar_id: str, nonce: str, result: LivenessResult, now: float
     ) -> LivenessInfo:
         scores = {p.name: float(p.score) for p in result.points if math.isfinite(p.score)}
-        scores["check_seconds"] = float(result.timings.get("total", 0.0))
+        timings = result.timings
+        scores["check_seconds"] = float(timings.get("total", timings.get("duration", 0.0)))
         try:
             record = self.store.record_liveness(
                 subject_id,
@@ -462,6 +543,56 @@ class Enrolment:
         return sweep_clips(self.store, now)
 
 
+class OpenCeremony:
+    """A live ceremony opened by :meth:`Enrolment.open_ceremony` (one per server at once).
+
+    Attributes:
+        id: names the ceremony in logs and in the portal's answer.
+        subject_id: whose ceremony it is.
+        avatar_id: the photo the live face is compared with.
+        ceremony: the judge; call it from one worker thread, holding ``lock``.
+        lock: the service's model lock (the face analyzer and Whisper are shared).
+    """
+
+    def __init__(
+        self,
+        id: str,
+        subject_id: str,
+        avatar_id: str,
+        ceremony: Ceremony,
+        lock: threading.Lock,
+        service: Enrolment,
+        nonce: str,
+    ) -> None:
+        self.id = id
+        self.subject_id = subject_id
+        self.avatar_id = avatar_id
+        self.ceremony = ceremony
+        self.lock = lock
+        self._service = service
+        self._nonce = nonce
+        self._record: LivenessInfo | None = None
+        self._closed = False
+
+    def finish(self, result: LivenessResult, now: float) -> LivenessInfo:
+        """Store the outcome as a liveness record (once; blocking: the database).
+
+        Returns:
+            The record: a passed one's id is the ``liveness_id`` of the grant request.
+        """
+        if self._record is None:
+            self._record = self._service._record(
+                self.subject_id, self.avatar_id, self._nonce, result, now
+            )
+        return self._record
+
+    def close(self) -> None:
+        """Let the next ceremony start (idempotent). Call it whatever happened."""
+        if not self._closed:
+            self._closed = True
+            self._service._ceremony_slot.release()
+
+
 def sweep_clips(store: ConsentStore, now: float) -> int:
     """Delete every kept liveness clip of ``store`` whose retention ended by ``now``.
 
@@ -488,9 +619,11 @@ def _sentence(text: str) -> str:
 
 
 __all__ = [
+    "CLIP_REVIEW_ONLY",
     "Enrolment",
     "EnrolmentError",
     "EnrolmentOptions",
+    "OpenCeremony",
     "face_options",
     "result_json",
     "sweep_clips",

@@ -12,7 +12,10 @@
     POST   enrol/photo[?subject=]      the photo bytes → {avatar_id, faces}
     POST   enrol/challenge[?subject=]  {avatar_id} → a challenge (429 when too many)
     GET    enrol/challenge[?subject=]  the newest pending challenge, or 404
-    POST   enrol/clip?nonce=&started_at=[&subject=]  the clip bytes → {passed, points, ...}
+    POST   enrol/ceremony[?subject=]   {avatar_id, sdp, type: "offer"} → {sdp, type: "answer",
+                                       ceremony_id}: the live ceremony (consent/ceremony/live.py)
+    POST   enrol/clip?nonce=&started_at=[&subject=]  the clip bytes → {passed, points, ...}:
+                                       an operator's re-check, never a grant's ground
 
 Enrolment runs ``consent.enrolment.Enrolment`` (loaded on first use, in a thread).
 """
@@ -231,9 +234,42 @@ async def enrol_pending(request: Request, ctx: Any, who: Principal) -> Response:
     return ok(found.to_json())
 
 
+@api(TABLE, "POST", "/enrol/ceremony")
+async def enrol_ceremony(request: Request, ctx: Any, who: Principal) -> Response:
+    """Start the live ceremony: the page's WebRTC offer in, the server's answer out.
+
+    Prompts, acknowledgements and the result then travel on the offer's data channel
+    "ceremony" (``consent.ceremony.live``); a passed result's ``liveness_id`` goes into
+    the grant request.
+    """
+    subject_id = await _enrol_target(request, ctx, who)
+    body = await json_body(request)
+    avatar_id = body.get("avatar_id")
+    if not isinstance(avatar_id, str) or not avatar_id:
+        raise PortalError(422, "avatar_id must be the id of your uploaded photo")
+    if body.get("type") != "offer":
+        raise PortalError(400, "expected a WebRTC offer: {'type': 'offer', 'sdp': 'v=0...'}")
+    from consent.ceremony import live
+
+    try:
+        live.check_offer(body.get("sdp"))
+    except ValueError as err:
+        raise PortalError(400, str(err)) from None
+    ctx.challenge_limiter.hit(f"enrol:{who.user_id}", "checks started")
+    service = await ctx.enrolment_service()
+    opened = await thread(service.open_ceremony, subject_id, avatar_id, time.time())
+    ice = list(getattr(getattr(ctx.settings, "server", None), "ice_servers", None) or [])
+    try:
+        answer, _running = await live.start(opened, body["sdp"], ice)
+    except ValueError as err:
+        raise PortalError(400, str(err)) from None
+    return ok({"sdp": answer.sdp, "type": answer.type, "ceremony_id": opened.id})
+
+
 @api(TABLE, "POST", "/enrol/clip")
 async def enrol_clip(request: Request, ctx: Any, who: Principal) -> Response:
-    """Check the recorded clip against its challenge; every point says why."""
+    """Check an uploaded clip against its challenge, for review: every point says why,
+    and a failed "live" point keeps any grant from resting on it."""
     subject_id = await _enrol_target(request, ctx, who)
     nonce = request.query_params.get("nonce", "")
     try:

@@ -1,5 +1,8 @@
 """The enrolment service with real bytes: photos, challenges, clip checks, kept clips.
 
+An uploaded clip is checked for review only: its record carries a failed "live" point
+and no grant rests on it (the live ceremony: tests/consent/test_ceremony_live.py).
+
 Real dlib, Whisper (loaded once per module) and Piper; a real SQLite store. The clips
 are synthetic (``consent.liveness.testclips``) and written as WebM (VP8 + Opus), as a
 browser's MediaRecorder uploads them.
@@ -19,7 +22,13 @@ from PIL import Image
 
 from avatar.face import FaceAnalyzer, embedding_distance
 from avatar.store import AvatarStore
-from consent.enrolment import Enrolment, EnrolmentError, EnrolmentOptions, result_json
+from consent.enrolment import (
+    CLIP_REVIEW_ONLY,
+    Enrolment,
+    EnrolmentError,
+    EnrolmentOptions,
+    result_json,
+)
 from consent.errors import LivenessRequiredError
 from consent.keys import SubjectKeys
 from consent.liveness.nonces import nonce_hash
@@ -205,36 +214,42 @@ def show(result) -> None:
     print("  timings:", {k: round(v, 2) for k, v in result.timings.items()})
 
 
-def test_pass_clip_is_recorded_and_a_grant_can_rest_on_it(
+def test_pass_clip_is_checked_for_review_but_no_grant_rests_on_it(
     enrolment, store, subject, clip_dir, piper_tts, signing_keys
 ):
     avatar_id, challenge, data, issued = recorded(enrolment, subject, clip_dir, piper_tts, "pass")
     result, record = enrolment.submit(subject, challenge.nonce, data, issued + 5, issued + 30)
     show(result)
-    assert result.passed, result.explain()
-    assert tuple(p.name for p in result.points) == POINTS
-    assert record.passed and record.avatar_id == avatar_id and record.subject_id == subject
-    assert dict(record.points) == dict.fromkeys(POINTS, True)
+    # Every point of the clip itself holds ...
+    assert tuple(p.name for p in result.points) == (*POINTS, "live")
+    assert all(p.passed for p in result.points if p.name != "live"), result.explain()
+    # ... but an uploaded clip is for review only: the record did not pass.
+    assert not result.passed and [p.name for p in result.failures] == ["live"]
+    assert result.point("live").reason == CLIP_REVIEW_ONLY
+    assert not record.passed and record.avatar_id == avatar_id and record.subject_id == subject
+    assert dict(record.points) == dict.fromkeys(POINTS, True) | {"live": False}
     assert set(POINTS) <= set(record.scores) and record.scores["identity"] < 0.5
     assert record.nonce == nonce_hash(challenge.nonce)  # the nonce itself is never stored
     assert store.liveness(record.id) == record
     body = result_json(result, record)
-    assert body["passed"] and body["liveness_id"] == record.id
-    assert [p["name"] for p in body["points"]] == list(POINTS)
+    assert not body["passed"] and body["liveness_id"] == record.id
+    assert [p["name"] for p in body["points"]] == [*POINTS, "live"]
     assert enrolment.reasons(record.id)["digits"].startswith("We heard the code")
+    assert enrolment.reasons(record.id)["live"] == CLIP_REVIEW_ONLY
     # Discarded by default: nothing of the clip is on disk.
     assert enrolment.kept_clips(subject) == []
     assert not list(store.files_dir.rglob("clip-*"))
-    grant = store.issue(
-        signing_keys,
-        subject_id=subject,
-        avatar_id=avatar_id,
-        deployments=["kiosk"],
-        purposes=["eldercare"],
-        expires_at=utcnow() + timedelta(days=30),
-        liveness_id=record.id,
-    )
-    assert grant.liveness_id == record.id
+    with pytest.raises(LivenessRequiredError, match="did not pass"):
+        store.issue(
+            signing_keys,
+            subject_id=subject,
+            avatar_id=avatar_id,
+            deployments=["kiosk"],
+            purposes=["eldercare"],
+            expires_at=utcnow() + timedelta(days=30),
+            liveness_id=record.id,
+        )
+    assert store.list_grants(subject) == []
     with pytest.raises(EnrolmentError) as err:  # replay of the same upload
         enrolment.submit(subject, challenge.nonce, data, issued + 5, issued + 31)
     assert err.value.status == 409
@@ -249,7 +264,7 @@ def test_dubbed_clip_fails_is_recorded_and_kept_encrypted_until_swept(
     result, record = enrolment.submit(subject, challenge.nonce, data, issued + 5, now)
     show(result)
     assert not result.passed and not record.passed
-    assert [p.name for p in result.failures] == ["lip_sync"]
+    assert [p.name for p in result.failures] == ["lip_sync", "live"]
     assert record.points["lip_sync"] is False and record.points["identity"] is True
     reason = enrolment.reasons(record.id)["lip_sync"]
     assert "lips" in reason and reason == result.point("lip_sync").reason
