@@ -71,7 +71,7 @@ def persona(i: int) -> Persona:
         seed=i,
         scene=scene,
         reaction_s=(fast, fast + r.uniform(0.3, 0.8)),
-        turn_peak_deg=r.uniform(30.0, 42.0),
+        turn_peak_deg=r.uniform(35.0, 45.0),
         voice_scale=r.choice((0.9, 1.0, 1.1, 1.25)),
         rng_seed=i,
     )

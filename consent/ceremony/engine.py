@@ -113,9 +113,9 @@ class CeremonyOptions:
     face_timeout_s: float = 10.0
     answer_timeout_s: float = 6.0
     ack_timeout_s: float = 1.5
-    turn_deg: float = 25.0
-    onset_deg: float = 8.0
-    return_deg: float = 12.0
+    turn_deg: float = 15.0
+    onset_deg: float = 5.0
+    return_deg: float = 9.0
     return_frames: int = 2
     mirrored: bool = False
     identity_threshold: float = 0.5
@@ -156,7 +156,6 @@ class _Sent:
     speech: tuple[float, float] | None = None  # digits: voiced span (server seconds)
     envelope: tuple[np.ndarray, np.ndarray] | None = None  # digits: (times, rms)
     peak_yaw: float = 0.0  # turn: the largest yaw towards the asked side
-    wrong_way: float = 0.0  # turn: the largest yaw the other way before the onset
     frontal: tuple[np.ndarray, np.ndarray] | None = None  # turn: grey, landmarks
     peak: tuple[np.ndarray, np.ndarray] | None = None
     settled: int = 0
@@ -229,6 +228,21 @@ class Ceremony:
     def sent(self) -> list[Prompt]:
         """The prompts revealed so far, in order."""
         return [s.prompt for s in self._sent]
+
+    def timeline(self) -> list[dict]:
+        """When each revealed prompt was sent, shown, answered and done (server seconds;
+        None where it has not happened)."""
+        return [
+            {
+                "id": s.prompt.id,
+                "kind": s.prompt.kind,
+                "sent_at": s.sent_at,
+                "shown_at": s.shown_at,
+                "onset": s.onset,
+                "done_at": s.done_at,
+            }
+            for s in self._sent
+        ]
 
     def stop(self, reason: str, now: float) -> LivenessResult:
         """End the ceremony early (the peer left, a deadline passed) and judge it."""
@@ -386,11 +400,8 @@ class Ceremony:
         if opts.mirrored:
             sign = -sign
         toward = sign * (obs.yaw - rest)
-        if s.onset is None:
-            if toward >= opts.onset_deg:
-                s.onset = obs.t
-            elif -toward > s.wrong_way:
-                s.wrong_way = -toward
+        if s.onset is None and toward >= opts.onset_deg:
+            s.onset = obs.t
         if toward > s.peak_yaw:
             s.peak_yaw = toward
             s.peak = (keyframe(frame), obs.landmarks)
@@ -522,11 +533,7 @@ class Ceremony:
         problems = []
         made = 0
         for s in turns:
-            if s.wrong_way >= opts.onset_deg + 4.0:
-                problems.append(
-                    f"asked to turn {s.prompt.direction}, you first turned the other way"
-                )
-            elif s.peak_yaw < opts.turn_deg:
+            if s.peak_yaw < opts.turn_deg:
                 problems.append(
                     f"asked to turn {s.prompt.direction}, you turned {s.peak_yaw:.0f} degrees "
                     f"({opts.turn_deg:.0f} needed)"
@@ -591,10 +598,10 @@ class Ceremony:
                 "depth",
                 False,
                 worst,
-                f"Your head turn looked like a flat picture being bent (explained {worst:.2f}, "
-                f"below {limit:.2f} needed): the camera must see you live.",
+                f"Your head turn looked like a flat picture being bent (explained {worst:.3f}, "
+                f"below {limit:.3f} needed): the camera must see you live.",
             )
-        return Point("depth", True, worst, f"The head turned in 3-D (explained {worst:.2f}).")
+        return Point("depth", True, worst, f"The head turned in 3-D (explained {worst:.3f}).")
 
     def _lip_point(self) -> Point:
         opts = self.options

@@ -14,7 +14,6 @@ call it from the ceremony's worker thread.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatar.face import FaceAnalyzer, head_pose
+from avatar.face import FaceAnalyzer
 from avatar.types import Box
 
 # Skin patches from the 68-point layout: both cheeks and the forehead strip above the
@@ -78,7 +77,7 @@ class FaceTracker:
         self,
         analyzer: FaceAnalyzer,
         detect_max_side: int = 320,
-        detect_every: int = 3,
+        detect_every: int = 1,
         max_gap_s: float = 1.0,
     ) -> None:
         self.analyzer = analyzer
@@ -89,6 +88,7 @@ class FaceTracker:
         self._last_seen = -math.inf
         self._since_detect = 0
         self._extra = 0
+        self._last_centre: np.ndarray | None = None
 
     def push(self, t: float, frame: np.ndarray) -> FrameObs:
         """Analyse one RGB uint8 frame taken at ``t``."""
@@ -100,7 +100,8 @@ class FaceTracker:
             self._since_detect = 0
             scale = min(1.0, self.detect_max_side / max(frame.shape[:2]))
             small = frame if scale == 1.0 else shrink(frame, scale)
-            found = [scale_box(d.box, 1 / scale) for d in backend.detect(small, 0)]
+            found = [scale_box(d.box, 1 / scale) for d in backend.detect(equalise(small), 0)]
+            # Near the face followed so far; the largest face when there is none yet.
             box = closest(found, self._last_box, near=not fresh)
             self._extra = 0
             if found:
@@ -113,39 +114,58 @@ class FaceTracker:
             self._since_detect += 1
             self._last_seen = t
         if box is None and not fresh:
-            box = self._last_box
+            box = self._last_box  # a turned head the detector misses: keep its last box
         if box is None:
             self._last_box = None
+            self._last_centre = None
             return FrameObs(
-                t,
-                False,
-                False,
-                self._extra,
-                None,
-                math.nan,
-                math.nan,
-                _NAN3,
-                background_rgb(frame, None),
-                0.0,
-            )
+                t, False, False, self._extra, None, math.nan, math.nan, _NAN3,
+                background_rgb(frame, None), 0.0,
+            )  # fmt: skip
         lm = backend.landmarks(frame, box)
-        self._last_box = box if detected else box_of(lm)
-        yaw = math.nan
-        with contextlib.suppress(ValueError):
-            yaw = float(head_pose(lm, frame.shape).yaw)
+        centre = lm.mean(0)
+        if detected:
+            self._last_box = box
+        elif self._last_centre is not None:  # move the kept box with the face, same size
+            dx, dy = (centre - self._last_centre).tolist()
+            self._last_box = Box(box.x0 + dx, box.y0 + dy, box.x1 + dx, box.y1 + dy)
+        self._last_centre = centre
+        yaw = turn_yaw(lm)
         width = float(np.ptp(lm[:, 0]))
         return FrameObs(
-            t,
-            True,
-            detected,
-            self._extra,
-            lm.astype(np.float32),
-            yaw,
-            mouth_opening(lm),
-            skin_rgb(frame, lm),
-            background_rgb(frame, lm),
-            width,
-        )
+            t, True, detected, self._extra, lm.astype(np.float32), yaw, mouth_opening(lm),
+            skin_rgb(frame, lm), background_rgb(frame, lm), width,
+        )  # fmt: skip
+
+
+def turn_yaw(lm: np.ndarray) -> float:
+    """How far the head is turned, in degrees, from where the nose tip sits between the
+    two ends of the face outline (landmarks 0, 16 and 30): ``asin(offset / 0.9)``.
+
+    Same sign as :class:`avatar.types.HeadPose` (positive: the subject's right in an
+    unmirrored picture). Used for the ceremony's turns instead of the 6-point PnP of
+    ``avatar.face.head_pose``, whose generic 3-D model reads a frontal face 4-7 degrees
+    off and a turn to one side up to 10 degrees shorter than the same turn to the other
+    on the simulated heads; the ratio is symmetric by construction and reads a 30 degree
+    turn as 20-25 degrees on both sides (``tests/consent/test_ceremony_engine.py``).
+    """
+    half = (float(lm[16, 0]) - float(lm[0, 0])) / 2
+    if half <= 1e-6:
+        return math.nan
+    offset = (float(lm[30, 0]) - (float(lm[0, 0]) + float(lm[16, 0])) / 2) / half
+    return -math.degrees(math.asin(max(-1.0, min(1.0, offset / 0.9))))
+
+
+def equalise(frame: np.ndarray) -> np.ndarray:
+    """Local contrast equalised (CLAHE on lightness) for the detector only: dlib's HOG
+    detector misses dark-skinned faces turned 30 degrees on the raw frame and finds
+    them on this one."""
+    lab = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2LAB)
+    lab[..., 0] = _CLAHE.apply(lab[..., 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+_CLAHE = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4))
 
 
 def shrink(frame: np.ndarray, scale: float) -> np.ndarray:
