@@ -15,7 +15,8 @@ Wire protocol on the data channel labelled ``"ceremony"`` (JSON text messages):
 - page → server ``{"type": "shown", "id": N, "since_shown_ms": x}`` once prompt N is on
   the screen (x: how long ago it was painted, for a flash its first colour);
 - server → page ``{"type": "result", "passed", "liveness_id", "avatar_id", "points":
-  [{"name", "passed", "reason"}], "retry"}`` at the end, then the server hangs up.
+  [{"name", "passed", "reason"}], "retry"}`` at the end, then the server hangs up
+  (``retry``: only the screen light failed, too weak to judge: try again brighter).
 
 Clocks: every time handed to the ceremony is this server's monotonic clock. A video
 frame's capture time is its RTP timestamp plus an offset (arrival minus timestamp),
@@ -449,7 +450,9 @@ class LiveCeremony:
             assert result is not None
             light = ceremony.light_result()
         self.result = result
-        retry = bool(light is not None and light.retry and not result.passed)
+        # A dim screen is a reason to try again, not a verdict, unless something else failed.
+        failed = {p.name for p in result.failures}
+        retry = bool(light is not None and light.retry and failed == {"screen_light"})
         try:
             self.record = self.opened.finish(result, self._wall())
         except Exception as err:  # the person still hears why; the record is missing

@@ -1,36 +1,52 @@
-// The enrolment page: photo -> challenge -> recording (camera + microphone) -> the server's
-// verdict on each point -> the grant form. The server decides everything; this page only
-// records and shows. Every text from the server or the person is inserted with textContent.
+// The enrolment page: photo -> the live check (camera + microphone over WebRTC; the server
+// reveals prompts one at a time on the data channel "ceremony" and judges as media arrives)
+// -> the server's verdict on each point -> the grant form. The server decides everything;
+// this page only shows prompts and streams. Every text from the server or the person is
+// inserted with textContent.
 //
-// Test hooks: window.likeness.enrol (state, avatarId, challenge, lastResult, grant, errors,
-// timings, and clipBase64() for the last recording).
+// Wire protocol (consent/ceremony/live.py): server -> page {"type": "prompt", id, kind,
+// text, digits | direction | colors + durations_ms}; page -> server {"type": "shown", id,
+// since_shown_ms} once the prompt is on screen; server -> page {"type": "result", passed,
+// liveness_id, avatar_id, points, retry}, then the server hangs up.
+//
+// Test hooks: window.likeness.enrol (state, avatarId, ceremonyId, prompts, lastResult, grant,
+// errors, timings).
 
 const API = "/api/consent";
 const POINT_LABELS = {
-  digits: "Code read aloud",
+  ceremony: "The live check ran to the end",
+  digits: "Digits read aloud",
+  reaction: "Answered as each prompt appeared",
   head_turns: "Head turns",
+  screen_light: "Your face reflected the screen's colours",
+  depth: "A real head in 3-D",
   lip_sync: "Lips move with the voice",
   identity: "Same face as the photo, alone",
-  nonce: "Fresh, unused code",
+  continuity: "One unbroken picture",
+  nonce: "Fresh, unused check",
+  live: "Live",
   clip: "Recording",
+  connection: "Connection",
 };
-const MIME_TYPES = [
-  "video/webm;codecs=vp8,opus",
-  "video/webm;codecs=vp9,opus",
-  "video/webm",
-  "video/mp4",
-];
+const ICE_GATHERING_MS = 5000;
 
-/** Seconds to record for a challenge: the code, every turn and some slack (8..30). */
-export function recordSeconds(challenge) {
-  const digits = String(challenge?.digits ?? "").length;
-  const turns = Array.isArray(challenge?.turns) ? challenge.turns.length : 3;
-  return Math.min(30, Math.max(8, Math.round(3 + 0.8 * digits + 2.2 * turns)));
+/** "left" -> "LEFT ←", "right" -> "RIGHT →" (the person's own left and right). */
+export function turnLabel(turn) {
+  return turn === "left" ? "LEFT ←" : turn === "right" ? "RIGHT →" : String(turn).toUpperCase();
 }
 
-/** "left" -> "← left", "right" -> "right →" (the person's own left and right). */
-export function turnLabel(turn) {
-  return turn === "left" ? "← your left" : turn === "right" ? "your right →" : String(turn);
+/** The words a prompt is shown with: digits spaced out, turns in capitals. */
+export function promptText(prompt) {
+  if (prompt?.kind === "digits") return String(prompt.digits ?? "").split("").join("  ");
+  if (prompt?.kind === "turn") return `Turn your head to your ${turnLabel(prompt.direction)}, then back`;
+  return "Look at the screen";
+}
+
+/** The label above a prompt. */
+export function promptLabel(prompt) {
+  if (prompt?.kind === "digits") return "Read aloud";
+  if (prompt?.kind === "turn") return "Turn your head";
+  return "The screen flashes";
 }
 
 /** Comma-separated words as a clean list ("a, b ,,c" -> ["a", "b", "c"]). */
@@ -52,27 +68,16 @@ const hooks = {
   state: "starting",
   user: null,
   avatarId: null,
-  challenge: null,
+  ceremonyId: null,
+  prompts: [],
   lastResult: null,
   grant: null,
   errors: [],
   timings: {},
-  lastClip: null,
-  recordSeconds,
-  async clipBase64() {
-    if (!hooks.lastClip) return null;
-    const bytes = new Uint8Array(await hooks.lastClip.arrayBuffer());
-    let text = "";
-    for (let i = 0; i < bytes.length; i += 0x8000) {
-      text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    }
-    return btoa(text);
-  },
 };
 
 let csrf = "";
-let recorder = null;
-let expiryTimer = null;
+let live = null; // {pc, channel, stream} of the running check
 
 const $ = (id) => document.getElementById(id);
 
@@ -146,24 +151,11 @@ async function start() {
   }
   csrf = me.data?.csrf_token ?? "";
   hooks.user = me.data;
-  const pending = await api("GET", `/enrol/challenge${forWhom("?")}`);
-  if (pending.ok && pending.data?.nonce) {
-    hooks.challenge = pending.data;
-    hooks.avatarId = pending.data.avatar_id ?? hooks.avatarId;
-    const left = Math.max(0, Math.round(pending.data.expires_at - Date.now() / 1000));
-    $("resume-text").textContent =
-      `A check you started is still open for about ${left} seconds. Resume it to record now, ` +
-      "or start over with your photo.";
-    show("resume-panel");
-    setState("resumable", "You have an unfinished check.");
-    return;
-  }
   choosePhoto();
 }
 
 function choosePhoto() {
-  show("resume-panel", false);
-  show("challenge-panel", false);
+  show("ceremony-panel", false);
   show("result-panel", false);
   show("grant-panel", false);
   show("photo-panel");
@@ -201,85 +193,44 @@ async function onPhoto() {
   setState("photo_ok", "Photo accepted.");
 }
 
-// ---- challenge ---------------------------------------------------------------------------
+// ---- the live check ----------------------------------------------------------------------
 
-async function newChallenge() {
+/** Resolves once ICE gathering is complete (or after `timeoutMs`, with what was gathered). */
+function iceGathered(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => done(false), timeoutMs);
+    function done(complete) {
+      clearTimeout(timer);
+      pc.removeEventListener("icegatheringstatechange", onState);
+      resolve(complete);
+    }
+    function onState() {
+      if (pc.iceGatheringState === "complete") done(true);
+    }
+    pc.addEventListener("icegatheringstatechange", onState);
+  });
+}
+
+async function startCeremony() {
   if (!hooks.avatarId) {
     choosePhoto();
     return;
   }
-  setState("requesting", "Asking the server for a code…");
-  const res = await api("POST", `/enrol/challenge${forWhom("?")}`, {
-    json: { avatar_id: hooks.avatarId },
-  });
-  if (!res.ok) {
-    fail("challenge", errorText(res, "No code could be issued"));
+  if (!navigator.mediaDevices?.getUserMedia || typeof RTCPeerConnection === "undefined") {
+    fail("media", "This browser cannot run the live check here: use a recent browser over https.");
     return;
   }
-  hooks.challenge = res.data;
-  showChallenge();
-}
-
-function showChallenge() {
-  const c = hooks.challenge;
-  show("resume-panel", false);
   show("photo-panel", false);
   show("result-panel", false);
   show("grant-panel", false);
-  show("challenge-panel");
-  $("digits").textContent = String(c.digits).split("").join(" ");
-  const list = $("turns");
-  list.replaceChildren();
-  c.turns.forEach((turn, i) => {
-    const item = document.createElement("li");
-    item.textContent = `${i + 1}. ${turnLabel(turn)}`;
-    list.append(item);
-  });
-  $("instructions").textContent = c.instructions ?? "";
-  $("record").disabled = false;
-  $("record").hidden = false;
-  $("stop").hidden = true;
-  show("progress-wrap", false);
-  tickExpiry();
-  clearInterval(expiryTimer);
-  expiryTimer = setInterval(tickExpiry, 1000);
-  setState("challenge", "Read the code, then press Start recording.");
-  $("record").focus();
-}
-
-function tickExpiry() {
-  const c = hooks.challenge;
-  if (!c) return;
-  const left = Math.round(c.expires_at - Date.now() / 1000);
-  const needed = recordSeconds(c) + 3;
-  if (hooks.state === "challenge" && left < needed) {
-    $("expiry").textContent = "There is too little time left for this code: get a new one.";
-    $("record").disabled = true;
-    show("result-panel");
-    $("verdict").textContent = "";
-    $("points").replaceChildren();
-    show("again");
-    clearInterval(expiryTimer);
-    return;
-  }
-  if (left > 0) $("expiry").textContent = `This code is valid for ${left} more seconds.`;
-}
-
-// ---- recording ---------------------------------------------------------------------------
-
-function pickMime() {
-  if (typeof MediaRecorder === "undefined") return null;
-  return MIME_TYPES.find((type) => MediaRecorder.isTypeSupported(type)) ?? "";
-}
-
-async function record() {
-  const c = hooks.challenge;
-  const mime = pickMime();
-  if (mime === null || !navigator.mediaDevices?.getUserMedia) {
-    fail("media", "This browser cannot record video here: use a recent browser over https.");
-    return;
-  }
-  $("record").disabled = true;
+  show("ceremony-panel");
+  $("start-check").disabled = true;
+  $("prompt").textContent = "";
+  $("prompt-label").textContent = "What to do now";
+  hooks.prompts = [];
+  hooks.lastResult = null;
+  hooks.timings = {};
   setState("opening_camera", "Opening the camera and microphone…");
   const t0 = performance.now();
   let stream;
@@ -289,76 +240,142 @@ async function record() {
       audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
     });
   } catch {
-    $("record").disabled = false;
+    $("start-check").disabled = false;
+    stopCeremony();
     fail("media", "The camera or microphone could not be opened: allow both, then try again.");
     return;
   }
   hooks.timings.getUserMediaMs = performance.now() - t0;
-  const [video] = stream.getVideoTracks();
-  const [audio] = stream.getAudioTracks();
-  hooks.timings.video = video?.getSettings?.() ?? null;
-  hooks.timings.audio = audio?.getSettings?.() ?? null;
   $("preview").srcObject = stream;
-
-  const seconds = recordSeconds(c);
-  const chunks = [];
-  recorder = new MediaRecorder(stream, mime ? { mimeType: mime } : undefined);
-  recorder.ondataavailable = (event) => {
-    if (event.data && event.data.size) chunks.push(event.data);
-  };
-  const stopped = new Promise((resolve) => {
-    recorder.onstop = resolve;
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const channel = pc.createDataChannel("ceremony");
+  live = { pc, channel, stream, ended: false };
+  for (const track of stream.getTracks()) pc.addTrack(track, stream);
+  channel.addEventListener("message", (event) => onMessage(event.data));
+  pc.addEventListener("connectionstatechange", () => {
+    if (["failed", "closed"].includes(pc.connectionState) && live?.pc === pc && !live.ended) {
+      showResult({
+        passed: false,
+        points: [
+          {
+            name: "connection",
+            passed: false,
+            reason: "The connection to the server was lost: check your network, then start again.",
+          },
+        ],
+      });
+    }
   });
-  let startedAt = Date.now() / 1000;
-  recorder.onstart = () => {
-    startedAt = Date.now() / 1000;
-    hooks.timings.recorderStartMs = performance.now() - t0;
-  };
-  recorder.start(500);
-  $("record").hidden = true;
-  $("stop").hidden = false;
-  show("progress-wrap");
-  setState("recording", "Recording: read the code aloud, then turn your head as shown.");
-  const began = performance.now();
-  const timer = setInterval(() => {
-    const done = (performance.now() - began) / 1000;
-    $("progress").value = Math.min(100, (100 * done) / seconds);
-    $("countdown").textContent = `${Math.max(0, Math.ceil(seconds - done))} s left`;
-    if (done >= seconds && recorder.state === "recording") recorder.stop();
-  }, 100);
-  await stopped;
-  clearInterval(timer);
-  clearInterval(expiryTimer);
-  for (const track of stream.getTracks()) track.stop();
-  $("preview").srcObject = null;
-  $("stop").hidden = true;
-  hooks.timings.recordedS = (performance.now() - began) / 1000;
-  const type = (recorder.mimeType || mime || "video/webm").split(";")[0];
-  hooks.lastClip = new Blob(chunks, { type });
-  await upload(hooks.lastClip, startedAt);
-}
-
-function stopRecording() {
-  if (recorder && recorder.state === "recording") recorder.stop();
-}
-
-async function upload(blob, startedAt) {
-  const c = hooks.challenge;
-  setState("uploading", "Sending the recording; the server is checking it…");
-  $("countdown").textContent = "Checking…";
-  const query =
-    `?nonce=${encodeURIComponent(c.nonce)}&started_at=${encodeURIComponent(startedAt.toFixed(3))}` +
-    forWhom("&");
-  const t0 = performance.now();
-  const res = await api("POST", `/enrol/clip${query}`, { body: blob, type: blob.type });
-  hooks.timings.checkMs = performance.now() - t0;
-  show("progress-wrap", false);
+  setState("connecting", "Connecting to the server…");
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc, ICE_GATHERING_MS);
+  const res = await api("POST", `/enrol/ceremony${forWhom("?")}`, {
+    json: { avatar_id: hooks.avatarId, sdp: pc.localDescription.sdp, type: "offer" },
+  });
   if (!res.ok) {
-    const reason = errorText(res, "The recording was not accepted");
-    showResult({ passed: false, points: [{ name: "clip", passed: false, reason }] });
+    const reason = errorText(res, "The live check could not start");
+    stopCeremony();
+    showResult({ passed: false, points: [{ name: "ceremony", passed: false, reason }] });
     return;
   }
-  showResult(res.data);
+  hooks.ceremonyId = res.data.ceremony_id;
+  await pc.setRemoteDescription({ type: "answer", sdp: res.data.sdp });
+  hooks.timings.connectMs = performance.now() - t0;
+  setState("live", "The live check is running: look at the camera and wait for a prompt.");
+  $("prompt").textContent = "Look at the camera…";
+}
+
+function onMessage(text) {
+  let message;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    return;
+  }
+  if (message?.type === "prompt") showPrompt(message);
+  else if (message?.type === "result") {
+    hooks.timings.resultAt = performance.now();
+    stopCeremony();
+    showResult(message);
+  }
+}
+
+function sendShown(id, paintedAt) {
+  const since = Math.max(0, performance.now() - paintedAt);
+  if (live?.channel?.readyState === "open") {
+    live.channel.send(JSON.stringify({ type: "shown", id, since_shown_ms: since }));
+  }
+}
+
+function showPrompt(prompt) {
+  hooks.prompts.push(prompt);
+  $("prompt-label").textContent = promptLabel(prompt);
+  $("prompt").textContent = promptText(prompt);
+  setState("prompt", prompt.text ?? promptText(prompt));
+  if (prompt.kind === "flash") {
+    flash(prompt);
+    return;
+  }
+  // Shown on the next frame painted: acknowledge it then.
+  requestAnimationFrame(() => requestAnimationFrame(() => sendShown(prompt.id, performance.now())));
+}
+
+/** Fill the whole viewport with each colour for its duration; acknowledge the first paint. */
+function flash(prompt) {
+  const colors = Array.isArray(prompt.colors) ? prompt.colors : [];
+  const durations = Array.isArray(prompt.durations_ms) ? prompt.durations_ms : [];
+  const overlay = $("flash");
+  Object.assign(overlay.style, {
+    position: "fixed",
+    inset: "0",
+    zIndex: "1000",
+    cursor: "none",
+  });
+  const colorAt = (elapsed) => {
+    let edge = 0;
+    for (let i = 0; i < colors.length; i += 1) {
+      edge += Number(durations[i]) || 0;
+      if (elapsed < edge) return colors[i];
+    }
+    return null;
+  };
+  const css = ([r, g, b]) => `rgb(${r | 0}, ${g | 0}, ${b | 0})`;
+  let paintedAt = null;
+  overlay.style.background = colors.length ? css(colors[0]) : "black";
+  overlay.hidden = false;
+  const step = () => {
+    const now = performance.now();
+    if (paintedAt === null) {
+      // The first colour was set in the previous frame: it is on the screen now.
+      paintedAt = now;
+      hooks.timings[`flash${prompt.id}PaintedAt`] = paintedAt;
+      sendShown(prompt.id, paintedAt);
+    }
+    const color = colorAt(now - paintedAt);
+    if (color === null || !live) {
+      overlay.hidden = true;
+      overlay.style.background = "";
+      return;
+    }
+    overlay.style.background = css(color);
+    requestAnimationFrame(step);
+  };
+  requestAnimationFrame(step);
+}
+
+function stopCeremony() {
+  if (!live) return;
+  live.ended = true;
+  for (const track of live.stream?.getTracks?.() ?? []) track.stop();
+  try {
+    live.channel?.close();
+    live.pc?.close();
+  } catch {
+    /* already closed */
+  }
+  $("preview").srcObject = null;
+  $("flash").hidden = true;
+  live = null;
 }
 
 // ---- result and grant --------------------------------------------------------------------
@@ -366,7 +383,8 @@ async function upload(blob, startedAt) {
 function showResult(result) {
   hooks.lastResult = result;
   if (result.avatar_id) hooks.avatarId = result.avatar_id;
-  show("challenge-panel", false);
+  if (live) live.ended = true;
+  show("ceremony-panel", false);
   show("result-panel");
   const list = $("points");
   list.replaceChildren();
@@ -395,13 +413,22 @@ function showResult(result) {
     show("again", false);
     show("grant-panel");
     setState("passed", "The check passed.");
+  } else if (result.retry) {
+    $("verdict").textContent =
+      "We could not judge the light of your screen on your face. Turn the screen brightness " +
+      "up, sit a little closer, or dim the room's lights, then try again.";
+    show("grant-panel", false);
+    show("again");
+    setState("retry", "The check could not be judged: try again.");
   } else {
     $("verdict").textContent =
       `The check did not pass (${failed} point${failed === 1 ? "" : "s"} failed). ` +
-      "Read why below, then try again with a new code.";
+      "Read why below, then start the live check again.";
+    show("grant-panel", false);
     show("again");
     setState("failed", "The check did not pass.");
   }
+  $("start-check").disabled = !hooks.avatarId;
   $("result-title").focus();
 }
 
@@ -447,14 +474,17 @@ function wire() {
   window.likeness = window.likeness || {};
   window.likeness.enrol = hooks;
   $("photo").addEventListener("change", onPhoto);
-  $("start-check").addEventListener("click", newChallenge);
-  $("resume").addEventListener("click", showChallenge);
-  $("discard").addEventListener("click", choosePhoto);
-  $("record").addEventListener("click", record);
-  $("stop").addEventListener("click", stopRecording);
+  $("start-check").addEventListener("click", startCeremony);
+  $("cancel").addEventListener("click", () => {
+    stopCeremony();
+    showResult({
+      passed: false,
+      points: [{ name: "ceremony", passed: false, reason: "You stopped the live check." }],
+    });
+  });
   $("again").addEventListener("click", () => {
     show("again", false);
-    if (hooks.avatarId) newChallenge();
+    if (hooks.avatarId) startCeremony();
     else choosePhoto();
   });
   $("grant-submit").addEventListener("click", giveConsent);
