@@ -44,15 +44,13 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from avatar.face import FaceAnalyzer, embedding_distance, head_pose
-from avatar.types import Box
+from consent.ceremony.observe import box_of, closest, mouth_opening, scale_box, shrink
 from consent.liveness.challenge import Challenge, NonceBook
 from consent.liveness.clip import ASR_RATE, Clip, ClipError, ClipOptions, read_clip
 from voice.asr import ASROptions, WhisperASR
@@ -286,10 +284,10 @@ def _track_faces(clip: Clip, analyzer: FaceAnalyzer, opts: LivenessOptions) -> _
     last_seen = -math.inf
     for i, frame in enumerate(clip.frames):
         scale = min(1.0, opts.detect_max_side / max(frame.shape[:2]))
-        small = frame if scale == 1.0 else _shrink(frame, scale)
-        found = [_scale_box(d.box, 1 / scale) for d in backend.detect(small, 0)]
+        small = frame if scale == 1.0 else shrink(frame, scale)
+        found = [scale_box(d.box, 1 / scale) for d in backend.detect(small, 0)]
         fresh = last_box is None or clip.times[i] - last_seen > opts.max_track_gap_s
-        box = _closest(found, last_box, near=not fresh)
+        box = closest(found, last_box, near=not fresh)
         if found:
             size = (box or last_box).width
             others = [b for b in found if b is not box and b.width >= 0.5 * size]
@@ -304,53 +302,11 @@ def _track_faces(clip: Clip, analyzer: FaceAnalyzer, opts: LivenessOptions) -> _
         lm = backend.landmarks(frame, box)
         present[i] = True
         marks[i] = lm
-        last_box = _box_of(lm) if not detected[i] else box
+        last_box = box_of(lm) if not detected[i] else box
         with contextlib.suppress(ValueError):  # degenerate landmarks: no yaw this frame
             yaw[i] = head_pose(lm, frame.shape).yaw
-        mouth[i] = _mouth_opening(lm)
+        mouth[i] = mouth_opening(lm)
     return _Track(present, detected, yaw, mouth, extra, marks)
-
-
-def _shrink(frame: np.ndarray, scale: float) -> np.ndarray:
-    h, w = frame.shape[:2]
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-
-
-def _scale_box(box: Box, factor: float) -> Box:
-    if factor == 1.0:
-        return box
-    return Box(box.x0 * factor, box.y0 * factor, box.x1 * factor, box.y1 * factor)
-
-
-def _box_of(lm: np.ndarray) -> Box:
-    x0, y0 = lm.min(0)
-    x1, y1 = lm.max(0)
-    pad = 0.1 * (x1 - x0)
-    return Box(float(x0 - pad), float(y0 - pad), float(x1 + pad), float(y1 + pad))
-
-
-def _closest(boxes: Sequence, previous, near: bool = True):
-    """The largest box when ``previous`` is None, else the one nearest to it (with
-    ``near``, only when its centre is within half a face width), else None."""
-    if not boxes:
-        return None
-    if previous is None:
-        return max(boxes, key=lambda b: b.width * b.height)
-    px, py = (previous.x0 + previous.x1) / 2, (previous.y0 + previous.y1) / 2
-
-    def offset(b) -> float:
-        return math.hypot((b.x0 + b.x1) / 2 - px, (b.y0 + b.y1) / 2 - py)
-
-    best = min(boxes, key=offset)
-    return best if not near or offset(best) <= 0.5 * previous.width else None
-
-
-def _mouth_opening(lm: np.ndarray) -> float:
-    """Inner-lip gap over the nose length (27 to 33): unaffected by turning left/right."""
-    gap = np.linalg.norm(lm[[67, 66, 65]] - lm[[61, 62, 63]], axis=1).mean()
-    nose = float(np.linalg.norm(lm[33] - lm[27]))
-    return float(gap / max(nose, 1e-6))
 
 
 def _embed_samples(
