@@ -161,7 +161,7 @@ def result_json(result: LivenessResult, record: LivenessInfo) -> dict:
 
 
 class Enrolment:
-    """Photos, challenges and clip checks of people enrolling their face.
+    """Photos, live ceremonies (and, for review, clip checks) of people enrolling their face.
 
     Build it with :meth:`load`; ``__init__`` takes parts already loaded.
 

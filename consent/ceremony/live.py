@@ -356,9 +356,15 @@ class LiveCeremony:
                     self._audio = []
                 acks, self._acks = self._acks, []
                 ready = self._channel is not None and self._channel.readyState == "open"
-                prompts, finished = await loop.run_in_executor(
-                    self._pool, self._step, frame, audio, acks, ready
-                )
+                try:
+                    prompts, finished = await loop.run_in_executor(
+                        self._pool, self._step, frame, audio, acks, ready
+                    )
+                except Exception as err:  # a bug or a model failure: judged, recorded
+                    log.error("ceremony step failed", ceremony=self.opened.id, error=repr(err))
+                    reason = "The server could not judge the live check: start again."
+                    await loop.run_in_executor(self._pool, self._stop, reason)
+                    break
                 for prompt in prompts:
                     self._fixed = True
                     self._send(prompt.to_json())

@@ -350,7 +350,7 @@ async def test_replayed_recording_fails_in_plain_words(server):
     from playwright.async_api import async_playwright
 
     client, token = signed_up(server, "bo@example.org")
-    actor = LivePerson(persona(0))
+    actor = LivePerson(persona(1))  # Bo: a photo is one person's (Ann enrolled persona 0)
     await asyncio.to_thread(warm, actor)
     other = plan_ceremony(rng=random.Random(99))
     filmed: Recording = await asyncio.to_thread(record, actor, other)
