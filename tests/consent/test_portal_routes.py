@@ -34,6 +34,7 @@ SUBJECT_QUERY = {
     ("POST", "/api/consent/enrol/challenge"),
     ("GET", "/api/consent/enrol/challenge"),
     ("POST", "/api/consent/enrol/clip"),
+    ("POST", "/api/consent/enrol/ceremony"),
 }
 # Routes that name the person in the JSON body, and who may legitimately do so anyway.
 BODY_SUBJECT = {
