@@ -27,9 +27,9 @@ eSpeak NG reading the digits (a robot voice the attacker controls). What each on
 - ``tinted_warp``: ``warp_25d`` that also tints the whole frame with each flash's colour,
   in time (read from the page).
 
-The face mesh, depth template and warps here are written independently of the
-checks in :mod:`consent.ceremony.depth` (which uses its own mesh), so the suite does
-not test the check against itself.
+The face mesh, depth template and warps here are the attacker's; the 3-D check
+(:mod:`consent.ceremony.depth`) shares none of it (it explains a turn by a dense optical
+flow), so the suite does not test the check against itself.
 """
 
 from __future__ import annotations
@@ -162,14 +162,14 @@ class PhotoPuppet:
             outline[:, 0] += shift * 0.5
         src = np.concatenate([self.lm, self._outline, self._frame_pts])
         dst_all = np.concatenate([dst, outline, self._frame_pts])
-        out = _piecewise_affine(self.photo, src, dst_all)
+        out = piecewise_affine(self.photo, src, dst_all)
         if mouth > 0.05:
             inner = np.round(dst[60:68] * 4).astype(np.int32)
             cv2.fillPoly(out, [inner], (60, 20, 24), cv2.LINE_AA, 2)
         return out
 
 
-def _piecewise_affine(image: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def piecewise_affine(image: np.ndarray, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Warp ``image`` so that points ``src`` move to ``dst`` (Delaunay of ``dst``)."""
     h, w = image.shape[:2]
     rect = (-w, -h, 3 * w, 3 * h)
@@ -355,4 +355,5 @@ __all__ = [
     "film_screen",
     "generic_depth",
     "make_attack",
+    "piecewise_affine",
 ]

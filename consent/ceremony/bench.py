@@ -95,7 +95,7 @@ def run_one(kind: str, index: int, seed: int = 0) -> dict[str, Any]:
             else None,
             "lag_s": light.lag_s,
         },
-        "depth": [{"mesh": d.mesh, "flow": d.flow} for d in depths],
+        "depth": depths,
         "cpu_s": result.timings.get("cpu", 0.0),
         "judge_s": result.timings.get("judge", 0.0),
         "ceremony_s": result.timings.get("duration", 0.0),
@@ -224,8 +224,7 @@ def _spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for name, value in r["light"].items():
                 add(f"light_{name}", value)
         for d in r["depth"]:
-            add("depth_mesh", d["mesh"])
-            add("depth_flow", d["flow"])
+            add("depth_explained", d)
     return {
         name: {"min": min(v), "median": float(np.median(v)), "max": max(v), "n": len(v)}
         for name, v in sorted(series.items())

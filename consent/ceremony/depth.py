@@ -12,11 +12,8 @@ a flow can move pixels anywhere, smoothly or not, whatever mesh the forger used,
 cannot create the texture a real turn uncovers nor change the shading. The measure is
 the normalised cross-correlation (NCC) of the explained and the real turned frame inside
 the turned face's landmark hull, on lightly blurred grey levels. A warp of one picture
-scores close to 1 (only resampling and sensor noise differ); a real turn lower. The
-landmark-mesh warp's NCC (``mesh``, the forger's own tool) is reported beside it for
-diagnosis; it does not decide, since landmark noise on a warped photo lowers it into
-the range of real turns. Thresholds and the measured separation are in
-``docs/consent-security.md``.
+scores close to 1 (only resampling and sensor noise differ); a real turn lower.
+Thresholds and the measured separation are in ``docs/consent-security.md``.
 """
 
 from __future__ import annotations
@@ -34,7 +31,7 @@ class DepthOptions:
     """Thresholds of the 3-D check.
 
     Attributes:
-        max_explained: a turn whose flow NCC reaches this is a warp. Measured on 320 px
+        max_explained: a turn explained this well is a warp. Measured on 320 px
             frames, a 36 degree turn: warps of a photo 0.991-1.000 (2-D and 2.5-D, 35
             turns), simulated real heads 0.44-0.97 (16 turns).
         blur_sigma: grey levels are blurred by this many pixels first (sensor noise).
@@ -44,38 +41,23 @@ class DepthOptions:
     blur_sigma: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class TurnDepth:
-    """How well one turn is explained by warping the frontal frame.
-
-    Attributes:
-        mesh: NCC after the landmark-mesh warp.
-        flow: NCC after the optical-flow warp.
-    """
-
-    mesh: float
-    flow: float
-
-    @property
-    def explained(self) -> float:
-        """The figure the check compares with ``max_explained`` (the flow's)."""
-        return self.flow
-
-
 def explain_turn(
     frontal: np.ndarray,
-    frontal_lm: np.ndarray,
     turned: np.ndarray,
     turned_lm: np.ndarray,
     options: DepthOptions | None = None,
-) -> TurnDepth:
-    """Score how well ``turned`` (grey float32) is ``frontal`` warped (see module doc).
+) -> float:
+    """How well ``turned`` is ``frontal`` pulled onto it by an optical flow (see the
+    module doc): the NCC inside the turned face, about 1 for a warp of one picture.
 
     Args:
         frontal: the frame before the turn prompt, grey float32 (H, W).
-        frontal_lm: its 68 landmarks in pixels.
         turned: the frame at the turn's peak, grey float32, same size.
-        turned_lm: its 68 landmarks.
+        turned_lm: the turned frame's 68 landmarks in pixels.
+        options: the blur; None uses the defaults.
+
+    Raises:
+        ValueError: the frames differ in size.
     """
     opts = options or DepthOptions()
     if frontal.shape != turned.shape:
@@ -84,63 +66,8 @@ def explain_turn(
     b = cv2.GaussianBlur(turned, (0, 0), opts.blur_sigma)
     mask = _hull_mask(turned_lm, b.shape)
     if mask.sum() < 50:
-        return TurnDepth(0.0, 0.0)
-    meshed, covered = mesh_warp(a, frontal_lm, turned_lm)
-    inside = mask & covered
-    mesh = _ncc(meshed, b, inside) if inside.sum() >= 50 else 0.0
-    flow = _flow_explained(a, b, mask)
-    return TurnDepth(mesh, flow)
-
-
-def mesh_warp(
-    image: np.ndarray, src_lm: np.ndarray, dst_lm: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Warp ``image`` piecewise-affinely so ``src_lm`` land on ``dst_lm``.
-
-    Returns the warped image and the mask of pixels some triangle covered.
-    """
-    h, w = image.shape[:2]
-    out = np.zeros_like(image)
-    covered = np.zeros((h, w), bool)
-    for tri in _triangles(dst_lm, (h, w)):
-        src = src_lm[list(tri)].astype(np.float32)
-        dst = dst_lm[list(tri)].astype(np.float32)
-        x0, y0 = np.floor(dst.min(0)).astype(int)
-        x1, y1 = np.ceil(dst.max(0)).astype(int) + 1
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-        if x1 - x0 < 1 or y1 - y0 < 1:
-            continue
-        m = cv2.getAffineTransform(src, (dst - (x0, y0)).astype(np.float32))
-        patch = cv2.warpAffine(
-            image, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT
-        )
-        tmask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillConvexPoly(tmask, np.round(dst - (x0, y0)).astype(np.int32), 1)
-        sel = tmask.astype(bool)
-        out[y0:y1, x0:x1][sel] = patch[sel]
-        covered[y0:y1, x0:x1] |= sel
-    return out, covered
-
-
-def _triangles(lm: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, int, int]]:
-    h, w = shape
-    subdiv = cv2.Subdiv2D((-w, -h, 3 * w, 3 * h))
-    index = {}
-    for i, (x, y) in enumerate(lm):
-        key = (round(float(x), 3), round(float(y), 3))
-        if key in index:
-            continue
-        index[key] = i
-        subdiv.insert((float(x), float(y)))
-    out = []
-    for x1, y1, x2, y2, x3, y3 in subdiv.getTriangleList():
-        ids = [
-            index.get((round(float(x), 3), round(float(y), 3)))
-            for x, y in ((x1, y1), (x2, y2), (x3, y3))
-        ]
-        if None not in ids:
-            out.append(tuple(ids))
-    return out  # type: ignore[return-value]
+        return 1.0  # too small a face to tell: count it as a warp (fail closed)
+    return _flow_explained(a, b, mask)
 
 
 def _hull_mask(lm: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -175,4 +102,4 @@ def _ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     return float((x * y).sum() / denom) if denom > 1e-9 else 0.0
 
 
-__all__ = ["DepthOptions", "TurnDepth", "explain_turn", "mesh_warp"]
+__all__ = ["DepthOptions", "explain_turn"]

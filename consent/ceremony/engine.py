@@ -48,7 +48,6 @@ from collections.abc import Callable
 import numpy as np
 
 from avatar.face import FaceAnalyzer
-from consent.ceremony.depth import TurnDepth
 from consent.ceremony.light import LightResult
 from consent.ceremony.observe import FaceTracker, FrameObs, keyframe
 from consent.ceremony.plan import CeremonyPlan, Prompt
@@ -351,7 +350,7 @@ class Ceremony:
         """The screen-light measurement (None before the flashes were shown)."""
         return light_of(self._evidence())
 
-    def turn_depths(self) -> list[TurnDepth]:
+    def turn_depths(self) -> list[float]:
         """The 3-D measure of every turn that has a frontal and a peak frame."""
         return depths_of(self._evidence())
 

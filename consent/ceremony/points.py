@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.face import embedding_distance
-from consent.ceremony.depth import DepthOptions, TurnDepth, explain_turn
+from consent.ceremony.depth import DepthOptions, explain_turn
 from consent.ceremony.light import LightOptions, LightResult, check_light
 from consent.ceremony.observe import FrameObs
 from consent.ceremony.plan import CeremonyPlan, Prompt
@@ -268,15 +268,15 @@ def light_point(ev: Evidence) -> Point:
     return Point("screen_light", found.passed, found.correlation, found.reason)
 
 
-def depths_of(ev: Evidence) -> list[TurnDepth]:
-    """The 3-D measure of every turn that has a frontal and a peak frame."""
+def depths_of(ev: Evidence) -> list[float]:
+    """How well each turn with a frontal and a peak frame is explained by a warp."""
     out = []
     for s in ev.of("turn"):
         if s.frontal is None or s.peak is None or s.peak_yaw < ev.options.turn_deg:
             continue
-        (a, la), (b, lb) = s.frontal, s.peak
+        (a, _), (b, lb) = s.frontal, s.peak
         if a.shape == b.shape:
-            out.append(explain_turn(a, la, b, lb, ev.options.depth))
+            out.append(explain_turn(a, b, lb, ev.options.depth))
     return out
 
 
@@ -285,7 +285,7 @@ def depth_point(ev: Evidence) -> Point:
     depths = depths_of(ev)
     if not depths:
         return Point("depth", False, 1.0, "We saw no head turn to judge.")
-    worst = max(d.explained for d in depths)
+    worst = max(depths)
     if worst >= limit:
         return Point(
             "depth",
