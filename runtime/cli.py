@@ -20,6 +20,7 @@ from rich.table import Table
 from runtime.cli_avatar import avatar_app, register_avatar_commands
 from runtime.cli_common import (
     check_output,
+    counting_progress,
     err_console,
     fail,
     handle_errors,
@@ -351,8 +352,6 @@ def _bench_attacks(
     seed: int,
     machine: dict,
 ) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from consent.ceremony.attacks import ATTACKS
     from consent.ceremony.bench import bench_attacks, table_rows
 
@@ -361,15 +360,7 @@ def _bench_attacks(
     if unknown:
         raise InputError(f"unknown attack classes {unknown}; known: {', '.join(ATTACKS)}")
     total = bona_fide + per_class * len(classes)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
-    with progress:
+    with counting_progress() as progress:
         task = progress.add_task("ceremonies", total=total)
         result = bench_attacks(
             bona_fide,

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from runtime.cli_common import (
     check_output,
+    counting_progress,
     err_console,
     handle_errors,
     out,
@@ -55,17 +55,6 @@ def prepare(
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-        disable=not err_console.is_terminal,
-    )
-
-
 def _animate(
     face: str,
     audio: Path | None,
@@ -97,7 +86,7 @@ def _animate(
         else:
             speech = asyncio.run(speech_from_text(settings, say or ""))
         total = int(len(speech.pcm) / speech.sample_rate * settings.avatar.fps) + 1
-        with _progress() as progress:
+        with counting_progress() as progress:
             task = progress.add_task("encoding", total=total)
             result = animate_to_file(
                 settings,

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 import avatar
@@ -100,6 +101,18 @@ def check_output(path: Path) -> Path:
     if not parent.is_dir():
         raise InputError(f"{path}: folder {parent} does not exist")
     return path
+
+
+def counting_progress() -> Progress:
+    """A progress bar counting items (n of N) on stderr; silent when it is not a terminal."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+        disable=not err_console.is_terminal,
+    )
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:

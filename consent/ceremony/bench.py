@@ -90,9 +90,7 @@ def run_one(kind: str, index: int, seed: int = 0) -> dict[str, Any]:
         else {
             "correlation": light.correlation,
             "face_gain": light.face_gain,
-            "background_ratio": light.background_gain / light.face_gain
-            if light.face_gain > 0
-            else None,
+            "wall_ratio": light.wall_ratio if math.isfinite(light.wall_ratio) else None,
             "lag_s": light.lag_s,
         },
         "depth": depths,

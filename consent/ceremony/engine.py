@@ -308,8 +308,9 @@ class Ceremony:
         if opts.mirrored:
             sign = -sign
         toward = sign * (obs.yaw - rest)
-        if s.onset is None and toward >= opts.onset_deg:
-            s.onset = obs.t
+        s.track.append((obs.t, toward))
+        if s.onset is None and toward >= opts.turn_deg:
+            s.onset = _turn_onset(s.track, opts.onset_deg)
         if toward > s.peak_yaw:
             s.peak_yaw = toward
             s.peak = (keyframe(frame), obs.landmarks)
@@ -372,6 +373,16 @@ class Ceremony:
         if self._stopped is not None:
             ordered = (Point("ceremony", False, 0.0, self._stopped), *ordered)
         self._result = LivenessResult(passed, ordered, timings)
+
+
+def _turn_onset(track: list[tuple[float, float]], onset_deg: float) -> float:
+    """When the movement that reached the turn began: the first frame after the last one
+    still within ``onset_deg`` of rest (a noisy frame before the movement does not count;
+    a head already turned when the prompt came has its onset at the prompt)."""
+    for i in range(len(track) - 1, -1, -1):
+        if track[i][1] < onset_deg:
+            return track[min(i + 1, len(track) - 1)][0]
+    return track[0][0]
 
 
 def _envelope(

@@ -19,10 +19,13 @@ just after the last:
   display delay), the Pearson correlation of each colour channel of the cheeks with the
   same channel of the flashed colour, averaged over the channels; the best lag wins;
 - at that lag, the response ("gain"): the slope of the cheeks' channel on the flash
-  channel, as a share of the cheeks' mean brightness, averaged over the channels; the
-  same for the wall (the frame's upper corners);
+  channel, averaged over the channels, in grey levels and as a share of the cheeks'
+  mean brightness; the same for the wall (the frame's upper corners);
 - it passes when the correlation reaches ``min_correlation``, the face's gain reaches
-  ``min_gain`` and the wall's gain is at most ``max_background_ratio`` of the face's.
+  ``min_gain`` and the wall's response is at most ``max_background_ratio`` of the face's
+  counted both ways: as shares of brightness (a tint that multiplies the frame matches
+  them) and in grey levels (a tint added to the frame matches those, and would slip
+  through the first way wherever the wall is brighter than the face).
 
 A face whose gain is too small to read says "turn your screen brightness up" and asks
 for a retry rather than calling the person a fake. Thresholds and their measured
@@ -56,7 +59,7 @@ class LightOptions:
         tail_s: and this long after the last flash.
     """
 
-    min_correlation: float = 0.5
+    min_correlation: float = 0.75
     min_gain: float = 0.02
     max_background_ratio: float = 0.4
     max_lag_s: float = 0.6
@@ -77,6 +80,8 @@ class LightResult:
         lag_s: the delay at which it was best.
         face_gain: the cheeks' response per full flash, as a share of their brightness.
         background_gain: the wall's response at the same delay, as a share of its brightness.
+        wall_ratio: the wall's response over the face's, the larger of the two ways of
+            counting it (shares of brightness, grey levels).
         frames: frames with a face in the window.
         reason: plain words for the person.
     """
@@ -87,6 +92,7 @@ class LightResult:
     lag_s: float
     face_gain: float
     background_gain: float
+    wall_ratio: float
     frames: int
     reason: str
 
@@ -104,83 +110,55 @@ def check_light(
     window = [
         f for f in frames if start <= f.t <= end and f.present and not math.isnan(f.face_rgb[0])
     ]
-    if len(window) < opts.min_frames:
+    n = len(window)
+    if n < opts.min_frames:
         return LightResult(
-            False,
-            False,
-            0.0,
-            0.0,
-            0.0,
-            0.0,
-            len(window),
-            f"We saw your face in only {len(window)} frames while the screen flashed (at "
-            f"least {opts.min_frames} are needed): look at the screen while it flashes.",
-        )
+            False, False, 0.0, 0.0, 0.0, 0.0, 0.0, n,
+            f"We saw your face in only {n} frames while the screen flashed (at least "
+            f"{opts.min_frames} are needed): look at the screen while it flashes.",
+        )  # fmt: skip
     t = np.array([f.t for f in window])
     face = np.array([f.face_rgb for f in window], np.float64)
     wall = np.array([f.background_rgb for f in window], np.float64)
     best = (-2.0, 0.0)
-    step = 1.0 / 60.0
-    for lag in np.arange(0.0, opts.max_lag_s + 1e-9, step):
-        lit = _screen(prompt, t - shown_at - lag)
-        r = _mean_correlation(face, lit)
+    for lag in np.arange(0.0, opts.max_lag_s + 1e-9, 1.0 / 60.0):
+        r = _mean_correlation(face, _screen(prompt, t - shown_at - lag))
         if r > best[0]:
             best = (r, float(lag))
     corr, lag = best
     lit = _screen(prompt, t - shown_at - lag)
-    face_gain = _gain(face, lit)
-    wall_gain = _gain(wall, lit) if np.all(np.isfinite(wall)) else 0.0
-    n = len(window)
+    face_level, face_gain = _gain(face, lit)
+    wall_level, wall_gain = _gain(wall, lit) if np.all(np.isfinite(wall)) else (0.0, 0.0)
+    # The wall against the face, both per unit of brightness (a tint that multiplies
+    # the frame) and in grey levels (a tint added to it): a screen lights the face more
+    # on both counts; a tint over the frame matches them on one.
+    ratio = max(wall_gain / face_gain, wall_level / face_level) if face_gain > 0 else math.inf
+    figures = (corr, lag, face_gain, wall_gain, ratio, n)
     if face_gain < opts.min_gain:
         return LightResult(
-            False,
-            True,
-            corr,
-            lag,
-            face_gain,
-            wall_gain,
-            n,
+            False, True, *figures,
             f"We could not see your screen's light on your face (response {face_gain:.3f}, "
             f"at least {opts.min_gain:.3f} needed): turn your screen brightness up, sit "
             "closer to the screen, or dim the room's lights, then try again.",
-        )
+        )  # fmt: skip
     if corr < opts.min_correlation:
         return LightResult(
-            False,
-            False,
-            corr,
-            lag,
-            face_gain,
-            wall_gain,
-            n,
+            False, False, *figures,
             f"The light on your face did not follow the colours the screen showed (match "
             f"{corr:.2f}, at least {opts.min_correlation:.2f} needed): the camera must see "
             "you live, facing the screen.",
-        )
-    ratio = wall_gain / face_gain
+        )  # fmt: skip
     if ratio > opts.max_background_ratio:
         return LightResult(
-            False,
-            False,
-            corr,
-            lag,
-            face_gain,
-            wall_gain,
-            n,
+            False, False, *figures,
             f"The room behind you changed colour as much as your face did (ratio "
             f"{ratio:.2f}, at most {opts.max_background_ratio:.2f}): the camera must see you "
             "live, lit by your screen.",
-        )
+        )  # fmt: skip
     return LightResult(
-        True,
-        False,
-        corr,
-        lag,
-        face_gain,
-        wall_gain,
-        n,
+        True, False, *figures,
         f"Your face reflected the screen's colours (match {corr:.2f}, wall/face {ratio:.2f}).",
-    )
+    )  # fmt: skip
 
 
 def _screen(prompt: Prompt, dt: np.ndarray) -> np.ndarray:
@@ -198,12 +176,9 @@ def _mean_correlation(values: np.ndarray, lit: np.ndarray) -> float:
     return float(np.mean(rs))
 
 
-def _gain(values: np.ndarray, lit: np.ndarray) -> float:
-    """Mean over channels of the least-squares slope of ``values`` on ``lit``, over
-    the mean brightness."""
-    bright = float(values.mean())
-    if bright <= 1e-6:
-        return 0.0
+def _gain(values: np.ndarray, lit: np.ndarray) -> tuple[float, float]:
+    """The response to a full flash: (grey levels, share of the mean brightness), each
+    the mean over channels of the least-squares slope of ``values`` on ``lit``."""
     slopes = []
     for c in range(3):
         x = lit[:, c] - lit[:, c].mean()
@@ -211,7 +186,9 @@ def _gain(values: np.ndarray, lit: np.ndarray) -> float:
         if denom < 1e-9:
             continue
         slopes.append(float((x * (values[:, c] - values[:, c].mean())).sum()) / denom)
-    return float(np.mean(slopes)) / bright if slopes else 0.0
+    level = float(np.mean(slopes)) if slopes else 0.0
+    bright = float(values.mean())
+    return level, (level / bright if bright > 1e-6 else 0.0)
 
 
 __all__ = ["LightOptions", "LightResult", "check_light"]

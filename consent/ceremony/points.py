@@ -112,6 +112,7 @@ class Answer:
     speech: tuple[float, float] | None = None  # digits: voiced span (server seconds)
     envelope: tuple[np.ndarray, np.ndarray] | None = None  # digits: (times, rms)
     peak_yaw: float = 0.0  # turn: the largest yaw towards the asked side
+    track: list[tuple[float, float]] = field(default_factory=list)  # turn: (t, yaw towards)
     frontal: tuple[np.ndarray, np.ndarray] | None = None  # turn: grey, landmarks
     peak: tuple[np.ndarray, np.ndarray] | None = None
     settled: int = 0

@@ -69,19 +69,26 @@ SHOWN = 1.0
 
 
 def _frames(
-    face_gain: float, wall_gain: float, lag: float = 0.12, noise: float = 1.0, seed: int = 0
+    face_gain: float,
+    wall_gain: float,
+    lag: float = 0.12,
+    noise: float = 1.0,
+    seed: int = 0,
+    skin=(170.0, 120.0, 100.0),
+    added: float = 0.0,
 ):
-    """30 fps observations: skin (170, 120, 100) and wall (200, 200, 200), each lit by
-    the flashes with its own gain (share of brightness per full flash)."""
+    """30 fps observations: the cheeks (``skin``) and the wall (200, 200, 200), each lit
+    by the flashes with its own gain (share of brightness per full flash), plus ``added``
+    grey levels per full flash on both (a tint added over the whole frame)."""
     rng = np.random.default_rng(seed)
     out = []
-    skin = np.array([170.0, 120.0, 100.0])
+    skin = np.array(skin)
     wall = np.array([200.0, 200.0, 200.0])
     for i in range(int(4.5 * 30)):
         t = i / 30
         lit = np.array(FLASH.screen_at(t - SHOWN - lag))
-        f = skin * (1 + face_gain * lit) + rng.normal(0, noise, 3)
-        w = wall * (1 + wall_gain * lit) + rng.normal(0, noise, 3)
+        f = skin * (1 + face_gain * lit) + added * lit + rng.normal(0, noise, 3)
+        w = wall * (1 + wall_gain * lit) + added * lit + rng.normal(0, noise, 3)
         out.append(FrameObs(t, True, True, 0, None, 0.0, 0.1, tuple(f), tuple(w), 100.0))
     return out
 
@@ -97,6 +104,16 @@ def test_a_frame_tinted_as_a_whole_fails_on_the_wall():
     found = check_light(_frames(0.08, 0.08), FLASH, SHOWN)
     assert not found.passed and not found.retry
     assert "room behind you" in found.reason
+
+
+def test_a_tint_added_over_a_dark_face_and_a_bright_wall_fails():
+    # Added evenly, the tint is a larger share of the darker face's brightness: counted
+    # in shares alone the wall moves 0.3 of the face (it passed that way once, in the
+    # attack bench); in grey levels it moves as much as the face.
+    found = check_light(_frames(0.0, 0.0, skin=(70.0, 50.0, 40.0), added=25.0), FLASH, SHOWN)
+    assert not found.passed and not found.retry
+    assert found.background_gain / found.face_gain < 0.4  # the shares alone would pass
+    assert found.wall_ratio > 0.9 and "room behind you" in found.reason
 
 
 def test_a_photo_that_reflects_nothing_is_asked_to_retry_not_passed():
