@@ -1,7 +1,7 @@
 """The screen-light check: does the face reflect the colours the page flashed?
 
 Physics. During the ceremony the page fills the screen with a sequence of saturated
-colours (:func:`consent.ceremony.plan.flash_sequence`, 8 flashes of 150-300 ms). The
+colours (:func:`consent.ceremony.plan.flash_sequence`, 8 flashes of 340-500 ms). The
 screen is a light source at the camera, about 0.4-0.6 m from the face and 1.5-3 m from
 the wall behind it. Light from it falls off with the square of the distance, so the
 skin's colour follows the flashes (a red flash raises the red channel of the cheeks by

@@ -36,7 +36,11 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
     (255, 255, 255),
 )
 FLASHES = 8
-FLASH_MS = (150, 300)
+# Each colour stays 340-500 ms: at most three changes a second, under WCAG 2.3.1's
+# limit of three flashes a second for large saturated flashes (photosensitive epilepsy;
+# the screen fills with saturated red among others). Shorter flashes would judge no
+# better: a 15 fps camera sees 5-7 frames of each.
+FLASH_MS = (340, 500)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +55,7 @@ class Prompt:
         digits: the group to read, 2 or 3 digits ("47").
         direction: "left" or "right" for a turn.
         colors: the flash colours (RGB 0..255), shown one after another.
-        durations_ms: how long each colour stays, 150..300 ms.
+        durations_ms: how long each colour stays, 340..500 ms (:data:`FLASH_MS`).
     """
 
     id: int
