@@ -22,7 +22,7 @@ import numpy as np
 
 from avatar.synthetic import FaceStyle
 from consent.ceremony.plan import CeremonyPlan, Prompt
-from consent.ceremony.sim import Head, Scene
+from consent.ceremony.sim import MOUTH_LEVELS, Head, Scene
 from consent.ceremony.simulate import RATE, envelope, piper_says, spoken_digits
 
 TURN_OUT_S = 0.45
@@ -188,6 +188,13 @@ class LivePerson:
     def photo(self) -> np.ndarray:
         """The person's enrolment photo (frontal, evenly lit)."""
         return self.head.photo()
+
+    def warm_up(self) -> None:
+        """Paint every mouth opening once and load the voice (about a second each the
+        first time), so that a camera driven in real time keeps pace."""
+        for level in range(MOUTH_LEVELS):
+            self.head.render(0.0, level / (MOUTH_LEVELS - 1))
+        self.body.voice("0, 1.")
 
     def on_prompt(self, prompt: Prompt, shown_at: float) -> None:
         self.body.on_prompt(prompt, shown_at)

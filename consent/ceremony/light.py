@@ -49,10 +49,15 @@ class LightOptions:
     """Thresholds of the screen-light check.
 
     Attributes:
-        min_correlation: lowest mean per-channel correlation of the cheeks with the flashes.
+        min_correlation: lowest mean per-channel correlation of the cheeks with the
+            flashes (bench: simulated people 0.993-1.000; replays and splices of other
+            ceremonies 0.03-0.62; warps of a photo at most 0.18).
         min_gain: lowest response of the cheeks, as a share of their brightness per full
-            flash (below it the screen is too dim to judge: the person is asked to retry).
-        max_background_ratio: highest gain of the wall as a share of the face's gain.
+            flash (below it the screen is too dim to judge: the person is asked to retry;
+            bench: simulated people 0.12-0.36, warps of a photo at most 0.003).
+        max_background_ratio: highest response of the wall over the face's (see
+            :attr:`LightResult.wall_ratio`; bench: simulated people 0.00-0.30, a photo
+            tinted with the flashes 0.99-1.00).
         max_lag_s: the longest delay searched between the page's flash and the frame.
         min_frames: fewest frames with a face inside the flash window.
         lead_s: frames this long before the first flash are used (the unlit baseline).

@@ -90,6 +90,22 @@ class Prompt:
             body["durations_ms"] = list(self.durations_ms)
         return body
 
+    @classmethod
+    def from_json(cls, body: dict) -> Prompt:
+        """The prompt a page received (the inverse of :meth:`to_json`).
+
+        Raises:
+            KeyError, ValueError, TypeError: not a prompt message.
+        """
+        return cls(
+            int(body["id"]),
+            body["kind"],
+            digits=str(body.get("digits", "")),
+            direction=str(body.get("direction", "")),
+            colors=tuple((int(r), int(g), int(b)) for r, g, b in body.get("colors", ())),
+            durations_ms=tuple(int(ms) for ms in body.get("durations_ms", ())),
+        )
+
     def screen_at(self, dt: float) -> tuple[float, float, float]:
         """The flash colour (0..1 per channel) ``dt`` seconds after the sequence began;
         black before and after it."""

@@ -160,3 +160,35 @@ class World:
 @pytest.fixture
 def world(store: ConsentStore, signing_keys: SigningKeys) -> World:
     return World(store, signing_keys)
+
+
+# ---- enrolment and the live ceremony ---------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def analyzer():
+    """The face models as enrolment loads them (one face only), once per run."""
+    from avatar.face import FaceAnalyzer, FaceOptions
+
+    return FaceAnalyzer.load(FaceOptions(multiple="refuse"))
+
+
+@pytest.fixture(scope="session")
+def asr():
+    """Whisper set up for reading digits, once per run."""
+    from consent.liveness.verify import load_asr
+
+    return load_asr()
+
+
+@pytest.fixture
+def file_store(tmp_path: Path) -> Iterator[ConsentStore]:
+    """A migrated SQLite store with a files folder (kept clips, subject folders)."""
+    st = ConsentStore(
+        f"sqlite:///{tmp_path / 'consent.db'}",
+        SubjectKeys.load(tmp_path / "keys"),
+        files_dir=tmp_path / "files",
+    )
+    st.migrate()
+    yield st
+    st.close()

@@ -18,7 +18,7 @@ from consent.ceremony.attacks import piecewise_affine
 from consent.ceremony.depth import explain_turn
 from consent.ceremony.light import LightOptions, check_light
 from consent.ceremony.observe import FrameObs
-from consent.ceremony.plan import PALETTE, flash_sequence, plan_ceremony
+from consent.ceremony.plan import PALETTE, Prompt, flash_sequence, plan_ceremony
 
 # ---- plan -------------------------------------------------------------------------------
 
@@ -54,6 +54,11 @@ def test_prompt_wire_form_reveals_only_itself():
     first = tuple(c / 255 for c in plan.prompts[0].colors[0])
     assert plan.prompts[0].screen_at(0.0) == first
     assert plan.prompts[0].screen_at(plan.prompts[0].flash_s + 0.01) == (0.0, 0.0, 0.0)
+
+
+def test_a_prompt_reads_back_from_its_wire_form():
+    for prompt in plan_ceremony("n3", random.Random(4)).prompts:
+        assert Prompt.from_json(prompt.to_json()) == prompt
 
 
 @pytest.mark.parametrize("kwargs", [{"groups": 1}, {"groups": 5}, {"turns": 1}, {"turns": 5}])

@@ -27,43 +27,22 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamTrack
 
-from avatar.face import FaceAnalyzer, FaceOptions
 from avatar.store import AvatarStore
 from consent.ceremony import live
 from consent.ceremony.actors import LivePerson, persona
 from consent.ceremony.plan import Prompt
 from consent.ceremony.simulate import piper_says, spoken_digits
 from consent.enrolment import Enrolment, EnrolmentError, EnrolmentOptions
-from consent.keys import SubjectKeys
 from consent.liveness.nonces import nonce_hash
-from consent.liveness.verify import load_asr
-from consent.store import ConsentStore
 
 pytestmark = pytest.mark.slow
 FPS = 15
 MIC_RATE = 48_000
 
 
-@pytest.fixture(scope="module")
-def analyzer() -> FaceAnalyzer:
-    return FaceAnalyzer.load(FaceOptions(multiple="refuse"))
-
-
-@pytest.fixture(scope="module")
-def asr():
-    return load_asr()
-
-
 @pytest.fixture
-def store(tmp_path):
-    st = ConsentStore(
-        f"sqlite:///{tmp_path / 'consent.db'}",
-        SubjectKeys.load(tmp_path / "keys"),
-        files_dir=tmp_path / "files",
-    )
-    st.migrate()
-    yield st
-    st.close()
+def store(file_store):
+    return file_store  # the SQLite store with a files folder (conftest)
 
 
 @pytest.fixture
@@ -164,7 +143,7 @@ class Page:
         if body["type"] == "prompt":
             self.prompts.append((now, body))
             if self.person is not None:
-                self.person.on_prompt(prompt_of(body), now)
+                self.person.on_prompt(Prompt.from_json(body), now)
             self.channel.send(json.dumps({"type": "shown", "id": body["id"], "since_shown_ms": 0}))
             if self.hang_up_after is not None and len(self.prompts) >= self.hang_up_after:
                 asyncio.get_running_loop().create_task(self.pc.close())  # noqa: RUF006
@@ -180,33 +159,12 @@ class Page:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
 
 
-def warm(person: LivePerson) -> None:
-    """Paint every mouth opening once (the head caches one texture per level, ~1 s each
-    the first time): a camera must keep up with real time."""
-    from consent.ceremony.sim.head import MOUTH_LEVELS
-
-    for level in range(MOUTH_LEVELS):
-        person.head.render(0.0, level / (MOUTH_LEVELS - 1))
-
-
-def prompt_of(body: dict) -> Prompt:
-    """The prompt as the page got it (what the person sees)."""
-    return Prompt(
-        body["id"],
-        body["kind"],
-        digits=body.get("digits", ""),
-        direction=body.get("direction", ""),
-        colors=tuple(tuple(c) for c in body.get("colors", ())),
-        durations_ms=tuple(body.get("durations_ms", ())),
-    )
-
-
 async def run_ceremony(enrolment, store, page: Page, within_s: float = 80.0):
     subject = store.add_subject("Ann Example").id
     avatar_id = enrolment.add_photo(subject, png(LivePerson(persona(0)).photo()))
     opened = await asyncio.to_thread(enrolment.open_ceremony, subject, avatar_id, time.time())
     if page.person is not None:  # voice and face made ahead: this loop also runs the server
-        await asyncio.to_thread(warm, page.person)
+        await asyncio.to_thread(page.person.warm_up)
         scale = page.person.who.voice_scale
         for prompt in opened.ceremony.plan.prompts:
             if prompt.kind == "digits":

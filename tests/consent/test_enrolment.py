@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avatar.face import FaceAnalyzer, embedding_distance
+from avatar.face import embedding_distance
 from avatar.store import AvatarStore
 from consent.enrolment import (
     CLIP_REVIEW_ONLY,
@@ -30,11 +30,10 @@ from consent.enrolment import (
     result_json,
 )
 from consent.errors import LivenessRequiredError
-from consent.keys import SubjectKeys
 from consent.liveness.nonces import nonce_hash
 from consent.liveness.testclips import OTHER_SEED, make_clip, reference_photo
-from consent.liveness.verify import POINTS, load_asr
-from consent.store import ConsentStore, utcnow
+from consent.liveness.verify import POINTS
+from consent.store import utcnow
 
 WEBM_MAGIC = b"\x1a\x45\xdf\xa3"
 
@@ -45,28 +44,9 @@ def png(image: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture(scope="module")
-def analyzer() -> FaceAnalyzer:
-    from avatar.face import FaceOptions
-
-    return FaceAnalyzer.load(FaceOptions(multiple="refuse"))
-
-
-@pytest.fixture(scope="module")
-def asr():
-    return load_asr()
-
-
 @pytest.fixture
-def store(tmp_path):
-    st = ConsentStore(
-        f"sqlite:///{tmp_path / 'consent.db'}",
-        SubjectKeys.load(tmp_path / "keys"),
-        files_dir=tmp_path / "files",
-    )
-    st.migrate()
-    yield st
-    st.close()
+def store(file_store):
+    return file_store  # the SQLite store with a files folder (conftest)
 
 
 def service(store, analyzer, asr, tmp_path, seed: int = 7, **options) -> Enrolment:

@@ -33,7 +33,6 @@ import pytest
 
 from consent.ceremony.actors import LivePerson, Recording, persona, record
 from consent.ceremony.plan import Prompt, plan_ceremony
-from consent.ceremony.simulate import piper_says
 from tests.serving import Server
 
 pytestmark = [
@@ -120,27 +119,6 @@ FAKE_MEDIA_JS = """
   };
 })();
 """
-
-
-def prompt_of(body: dict) -> Prompt:
-    """The prompt as the page showed it."""
-    return Prompt(
-        body["id"],
-        body["kind"],
-        digits=body.get("digits", ""),
-        direction=body.get("direction", ""),
-        colors=tuple(tuple(c) for c in body.get("colors", ())),
-        durations_ms=tuple(body.get("durations_ms", ())),
-    )
-
-
-def warm(person: LivePerson) -> None:
-    """Paint every mouth opening once and load the voice: the camera must keep real time."""
-    from consent.ceremony.sim.head import MOUTH_LEVELS
-
-    for level in range(MOUTH_LEVELS):
-        person.head.render(0.0, level / (MOUTH_LEVELS - 1))
-    piper_says("0, 1.", person.who.voice_scale)
 
 
 def png_url(rgb: np.ndarray) -> str:
@@ -276,7 +254,7 @@ async def test_live_person_passes_and_grants(server):
 
     client, token = signed_up(server, "ann@example.org")
     person = LivePerson(persona(0))
-    await asyncio.to_thread(warm, person)
+    await asyncio.to_thread(person.warm_up)
     async with async_playwright() as pw:
         browser, page, errors = await open_enrolment(pw, server, token, person.photo())
         try:
@@ -288,7 +266,7 @@ async def test_live_person_passes_and_grants(server):
                 prompt = json.loads(body)
                 at = stage.clock() - float(since_ms) / 1000.0
                 shown.append((at, prompt))
-                await asyncio.to_thread(person.on_prompt, prompt_of(prompt), at)
+                await asyncio.to_thread(person.on_prompt, Prompt.from_json(prompt), at)
 
             def on_result(body: str) -> None:
                 result_box.append((stage.clock(), json.loads(body)))
@@ -343,7 +321,7 @@ async def test_live_person_passes_and_grants(server):
     grants = client.get(f"{API}/grants").json()["grants"]
     [grant] = [g for g in grants if g["liveness_id"] == result["liveness_id"]]
     assert grant["status"] == "active" and sorted(grant["deployments"]) == ["browser-chat", "kiosk"]
-    assert figures["answer_to_result_s"] <= 3.0, figures
+    assert figures["answer_to_result_s"] <= 2.0, figures  # measured 0.08-0.27 s (3 runs)
 
 
 async def test_replayed_recording_fails_in_plain_words(server):
@@ -351,7 +329,7 @@ async def test_replayed_recording_fails_in_plain_words(server):
 
     client, token = signed_up(server, "bo@example.org")
     actor = LivePerson(persona(1))  # Bo: a photo is one person's (Ann enrolled persona 0)
-    await asyncio.to_thread(warm, actor)
+    await asyncio.to_thread(actor.warm_up)
     other = plan_ceremony(rng=random.Random(99))
     filmed: Recording = await asyncio.to_thread(record, actor, other)
     async with async_playwright() as pw:
