@@ -115,7 +115,6 @@ class Ceremony:
         self._sent: list[Answer] = []
         self._next_at: float | None = None  # when the next prompt is due
         self._audio_origin: float | None = None  # server time of stream sample 0
-        self._audio_samples = 0
         self._stopped: str | None = None  # why the ceremony ended early
         self._result: LivenessResult | None = None
         self._cpu = 0.0
@@ -131,11 +130,6 @@ class Ceremony:
     @property
     def result(self) -> LivenessResult | None:
         return self._result
-
-    @property
-    def sent(self) -> list[Prompt]:
-        """The prompts revealed so far, in order."""
-        return [s.prompt for s in self._sent]
 
     def timeline(self) -> list[dict]:
         """When each revealed prompt was sent, shown, answered and done (server seconds;
@@ -206,7 +200,6 @@ class Ceremony:
         began = time.thread_time()
         if self._audio_origin is None:
             self._audio_origin = t
-        self._audio_samples += len(pcm)
         for event in self._turns.push(np.asarray(pcm, np.float32)):
             self._on_voice(event)
         self._cpu += time.thread_time() - began

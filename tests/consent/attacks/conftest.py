@@ -1,1 +1,0 @@
-"""The attack suite runs whole simulated ceremonies (about 10-25 s each on one core)."""
