@@ -1,45 +1,15 @@
-"""The frames that flow through a live session, in one module.
+"""What a live session records of each turn, in one module.
 
-Data frames are ordered and dropped on an interrupt; control frames go out of band.
-Audio, speech and transcripts are defined by ``voice`` (which imports nothing of
-ours) and video by ``avatar``; they are re-exported here so a session speaks of one
-set of frames.
+The media a session moves are defined where they are made: audio, speech and
+transcripts by ``voice.types`` (which imports nothing of ours), video frames by
+``avatar.types``. A barge-in is a ``voice.vad.SpeechStarted`` while the companion speaks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from avatar.types import EndOfSegment, VideoFrame
-from voice.types import AudioChunk, SpeechChunk, Timing, Transcript
-
-__all__ = [
-    "AudioChunk",
-    "EndOfSegment",
-    "Interrupt",
-    "ReplyText",
-    "SpeechChunk",
-    "Timing",
-    "Transcript",
-    "TurnLatency",
-    "VideoFrame",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class ReplyText:
-    """A sentence of the companion's reply, as it is spoken (data frame)."""
-
-    text: str
-    turn: int
-
-
-@dataclass(frozen=True, slots=True)
-class Interrupt:
-    """The person spoke over the companion (control frame): stop speaking now."""
-
-    at: float
-    turn: int
+__all__ = ["STAGES", "TurnLatency"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +30,11 @@ class TurnLatency:
 
     def stages_ms(self) -> dict[str, float]:
         """Each stage's time after voice_end, in ms (missing stages left out)."""
-        names = (
-            "transcript",
-            "first_token",
-            "first_audio",
-            "first_video_sent",
-            "first_audio_sent",
-        )
         return {
             n: (getattr(self, n) - self.voice_end) * 1000
-            for n in names
+            for n in STAGES
             if getattr(self, n) is not None
         }
+
+
+STAGES = ("transcript", "first_token", "first_audio", "first_video_sent", "first_audio_sent")

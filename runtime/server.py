@@ -59,7 +59,6 @@ from web import STATIC_DIR
 
 log = get_logger("likeness.server")
 MAX_BODY = 64 * 1024
-STAGES = ("transcript", "first_token", "first_audio", "first_video_sent", "first_audio_sent")
 
 
 class Metrics:
