@@ -37,14 +37,13 @@ Typical use::
 from __future__ import annotations
 
 import functools
-import unicodedata
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avatar.errors import AvatarError
-from avatar.procedural.visemes import ARPABET, word_sounds
+from avatar.procedural.visemes import plain_ipa, word_sounds
 from avatar.types import TimingLike
 
 if TYPE_CHECKING:
@@ -377,7 +376,6 @@ _CLASSES: dict[str, int] = {
     **dict.fromkeys(("ə", "h", "ʔ"), 15),
 }
 _CLASS_KEYS = sorted(_CLASSES, key=len, reverse=True)
-_IGNORED = set("ˈˌːˑ.‿͜͡ ")
 _SILENT = {"", "_", "#", "sil", "sp", "pau", "spn"}
 
 
@@ -388,18 +386,9 @@ def viseme_id(symbol: str) -> int:
     ignored; a pause symbol ("", "_", "sil", "sp") is silence; anything unknown is
     ``NEUTRAL`` (15).
     """
-    text = symbol.strip()
-    if text.lower() in _SILENT:
+    if symbol.strip().lower() in _SILENT:
         return SILENCE
-    arpa = text.rstrip("012").upper()
-    if arpa in ARPABET and text[:1].isupper():
-        text = ARPABET[arpa]
-    text = "".join(
-        ch
-        for ch in unicodedata.normalize("NFD", text)
-        if ch not in _IGNORED and not unicodedata.combining(ch)
-    )
-    text = text.lower() if text.isascii() else text
+    text = plain_ipa(symbol)
     if not text:
         return SILENCE
     for i in range(len(text)):

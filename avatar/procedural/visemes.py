@@ -134,12 +134,9 @@ _NEUTRAL = (_s(0.25, 0.1), 0.5)
 _KEYS_BY_LENGTH = sorted(VISEMES, key=len, reverse=True)
 
 
-def phoneme_shapes(symbol: str) -> list[tuple[MouthShape, float]]:
-    """The shape(s) of one phoneme symbol, in order (diphthongs give two).
-
-    Stress and length marks and diacritics are ignored; an ARPAbet symbol is read
-    as its IPA equivalent; an unknown symbol gives a neutral half-open shape.
-    """
+def plain_ipa(symbol: str) -> str:
+    """One phoneme symbol as bare IPA: an ARPAbet symbol ("AY1") read as its IPA
+    equivalent, stress and length marks, ties and diacritics removed, ASCII lower-cased."""
     text = symbol.strip()
     arpa = text.rstrip("012").upper()
     if arpa in ARPABET and text[:1].isupper():
@@ -148,7 +145,16 @@ def phoneme_shapes(symbol: str) -> list[tuple[MouthShape, float]]:
         ch for ch in unicodedata.normalize("NFD", text)
         if ch not in _IGNORED and not unicodedata.combining(ch)
     )  # fmt: skip
-    text = text.lower() if text.isascii() else text
+    return text.lower() if text.isascii() else text
+
+
+def phoneme_shapes(symbol: str) -> list[tuple[MouthShape, float]]:
+    """The shape(s) of one phoneme symbol, in order (diphthongs give two).
+
+    Stress and length marks and diacritics are ignored; an ARPAbet symbol is read
+    as its IPA equivalent; an unknown symbol gives a neutral half-open shape.
+    """
+    text = plain_ipa(symbol)
     out: list[tuple[MouthShape, float]] = []
     i = 0
     while i < len(text):
