@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from runtime.errors import ConfigError, InputError
 from runtime.label import AiLabel, FrameStamp
 from voice.audio import read_audio
 from voice.types import Timing
+
+if TYPE_CHECKING:
+    from avatar.pipelines.neural import NeuralOptions
 
 SYNTHETIC_REF = "synthetic"
 CLI_DEPLOYMENT = "cli"  # the grant deployment of the command line
@@ -65,7 +68,7 @@ def generator_options(settings: Settings) -> ProceduralOptions:
     return ProceduralOptions(fps=a.fps, size=a.size, sway=a.sway)
 
 
-def neural_options(settings: Settings) -> Any:  # -> avatar.pipelines.neural.NeuralOptions
+def neural_options(settings: Settings) -> NeuralOptions:
     """The neural generator's options from ``[avatar]`` (model sizes come from the model)."""
     from avatar.pipelines.neural import NeuralOptions
 

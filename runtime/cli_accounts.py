@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import sys
 from functools import wraps
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from runtime.cli_common import err_console, fail, handle_errors, out, print_table, state
+
+if TYPE_CHECKING:
+    from consent.store import ConsentStore
 
 user_app = typer.Typer(help="Consent portal accounts.", no_args_is_help=True)
 guardian_app = typer.Typer(help="Guardians who may act for a person.", no_args_is_help=True)
@@ -22,7 +25,7 @@ guardian_app = typer.Typer(help="Guardians who may act for a person.", no_args_i
 ROLES = ("subject", "operator", "auditor")
 
 
-def _store() -> Any:  # consent.store.ConsentStore
+def _store() -> ConsentStore:
     from runtime.components import consent_gate
 
     return consent_gate(state.load()).store

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -20,12 +20,15 @@ from runtime.cli_common import (
     state,
 )
 
+if TYPE_CHECKING:
+    from consent.gate import ConsentGate
+
 consent_app = typer.Typer(help="Grants, revocations and the audit log.", no_args_is_help=True)
 consent_app.add_typer(user_app, name="user")
 consent_app.add_typer(guardian_app, name="guardian")
 
 
-def _gate() -> Any:  # consent.gate.ConsentGate
+def _gate() -> ConsentGate:
     from runtime.components import consent_gate
 
     return consent_gate(state.load())

@@ -24,7 +24,7 @@ import json
 import time
 from dataclasses import replace
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
@@ -56,6 +56,9 @@ from runtime.logs import get_logger
 from runtime.session import ConsentUse, Session, SharedModels, event_json
 from voice.errors import VoiceError
 from web import STATIC_DIR
+
+if TYPE_CHECKING:
+    from consent.gate import ConsentGate
 
 log = get_logger("likeness.server")
 MAX_BODY = 64 * 1024
@@ -114,7 +117,7 @@ class Companion:
         self.settings = settings
         self.metrics = Metrics()
         self.models: SharedModels | None = None
-        self.gate: Any = None  # consent.gate.ConsentGate, once loaded
+        self.gate: ConsentGate | None = None  # once loaded
         self.sessions: dict[str, tuple[Session, RTCPeerConnection]] = {}
         self._avatars: dict[str, PreparedAvatar] = {}
         self._lock = asyncio.Lock()

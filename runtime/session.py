@@ -25,7 +25,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,6 +49,9 @@ from voice.errors import VoiceError
 from voice.tts.base import TTSBackend
 from voice.types import SpeechChunk
 from voice.vad import SpeechStarted, TurnEnded
+
+if TYPE_CHECKING:
+    from consent.gate import ConsentGate
 
 log = get_logger("likeness.session")
 LEAD_S = 0.06  # jitter margin between scheduling and playing
@@ -78,7 +81,7 @@ class ConsentUse:
     :attr:`grant_id`, the grant whose id the session's frames carry in their watermark.
     """
 
-    gate: Any  # consent.gate.ConsentGate
+    gate: ConsentGate
     avatar_id: str
     deployment: str
     purpose: str
