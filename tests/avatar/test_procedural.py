@@ -5,7 +5,8 @@ chunk-by-chunk frames, flush, clear_buffer, idle frames, the pts clock), that th
 eases shut after a barge-in and follows the speech (correlation with the audio envelope,
 closed in silence, visemes for p/a/u/i/f), that only the face region changes when the
 head is still (and that head motion is one global transform), blinks, render_clip's
-frame count, the benchmark, and a contact sheet PNG to look at.
+frame count, the benchmark, and a contact sheet PNG to look at (its tiles checked against
+their labels: open or closed mouth, shut or open eyes).
 """
 
 from __future__ import annotations
@@ -345,7 +346,11 @@ def test_bench_reports_speed(avatar):
 # --------------------------------------------------------------- contact sheet
 
 
-def _tiles(face, speech: Speech) -> list[tuple[str, np.ndarray]]:
+TILE, BAND = 256, 28  # contact sheet: tile side and label band height, pixels
+
+
+def _tiles(face, speech: Speech) -> list[tuple[str, VideoFrame]]:
+    """The four states of ``face`` the sheet shows, labelled, in column order."""
     frames = render_clip(face, speech.pcm, speech.sample_rate, speech.timings)
     gaps = np.array([opening(f.landmarks) for f in frames])
     closed = frames[int(np.argmin(gaps[5:-5])) + 5]
@@ -362,28 +367,81 @@ def _tiles(face, speech: Speech) -> list[tuple[str, np.ndarray]]:
     eyes = np.array([eye_openness(f.landmarks) for f in idle])
     blink = idle[int(np.argmin(eyes))]
     calm = idle[int(np.argmax(eyes > 0.98 * eyes.max()))]
-    return [("closed mouth", closed.image), ("open mouth", open_.image),
-            ("mid-blink", blink.image), ("idle", calm.image)]  # fmt: skip
+    return [("closed mouth", closed), ("open mouth", open_), ("mid-blink", blink), ("idle", calm)]
+
+
+def _cell(text: str, image: np.ndarray) -> np.ndarray:
+    """One sheet cell: ``text`` on a white band above ``image`` shrunk to the tile size."""
+    cell = np.full((TILE + BAND, TILE, 3), 255, np.uint8)
+    cell[BAND:] = cv2.resize(image, (TILE, TILE), interpolation=cv2.INTER_AREA)
+    cv2.putText(cell, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA)
+    return cell
+
+
+def _luma(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _box(image: np.ndarray, points: np.ndarray, margin: int = 3) -> np.ndarray:
+    """The pixels of ``image`` in the bounding box of ``points``, grown by ``margin``."""
+    x0, y0 = np.floor(points.min(0)).astype(int) - margin
+    x1, y1 = np.ceil(points.max(0)).astype(int) + margin
+    return image[max(y0, 0) : y1, max(x0, 0) : x1]
+
+
+def dark_mouth(tile: np.ndarray, marks: np.ndarray) -> float:
+    """Share of the mouth box that is dark (luma < 60): the interior of an open mouth;
+    ``marks`` are the face's landmarks at rest, in tile pixels."""
+    return float(np.mean(_luma(_box(tile, marks[48:68])) < 60))
+
+
+def white_of_eyes(tile: np.ndarray, marks: np.ndarray) -> float:
+    """Share of the eye boxes that is bright (luma > 200): the white of an open eye."""
+    boxes = [_box(tile, marks[36:42]), _box(tile, marks[42:48])]
+    return float(np.mean(np.concatenate([(_luma(b) > 200).ravel() for b in boxes])))
 
 
 def test_contact_sheet(speech_with_pause):
-    tile, band = 256, 28
-    rows = []
-    for seed in (0, VARIANT):
-        face = make_demo_avatar(512, seed)
-        cells = []
-        for label, image in _tiles(face, speech_with_pause):
-            cell = np.full((tile + band, tile, 3), 255, np.uint8)
-            cell[band:] = cv2.resize(image, (tile, tile), interpolation=cv2.INTER_AREA)
-            text = f"seed {seed}: {label}"
-            cv2.putText(
-                cell, text, (6, 19), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (20, 20, 20), 1, cv2.LINE_AA
+    """Two faces in four states, written as a PNG to look at. Read back, each tile is its
+    frame under its own label, and shows what the label says: the open mouth's dark
+    interior and no dark in the closed one, no white of the eyes mid-blink, open eyes
+    and a closed mouth at idle; the two rows show different faces."""
+    faces = {seed: make_demo_avatar(512, seed) for seed in (0, VARIANT)}
+    rows = [(seed, face, _tiles(face, speech_with_pause)) for seed, face in faces.items()]
+    sheet = np.concatenate(
+        [
+            np.concatenate(
+                [_cell(f"seed {seed}: {label}", frame.image) for label, frame in tiles],
+                axis=1,
             )
-            cells.append(cell)
-        rows.append(np.concatenate(cells, axis=1))
-    sheet = np.concatenate(rows, axis=0)
+            for seed, _, tiles in rows
+        ],
+        axis=0,
+    )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / "procedural_contact_sheet.png"
     assert cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     back = cv2.imread(str(path))
-    assert back is not None and back.shape == (2 * (tile + band), 4 * tile, 3)
+    assert back is not None and back.shape == (2 * (TILE + BAND), 4 * TILE, 3)
+    back = cv2.cvtColor(back, cv2.COLOR_BGR2RGB)
+    bands, shown = [], []
+    for r, (seed, face, tiles) in enumerate(rows):
+        marks = face.landmarks * (TILE / face.image.shape[0])
+        state = {}
+        for c, (label, frame) in enumerate(tiles):
+            cell = back[r * (TILE + BAND) : (r + 1) * (TILE + BAND), c * TILE : (c + 1) * TILE]
+            expected = _cell(f"seed {seed}: {label}", frame.image)
+            assert np.array_equal(cell, expected), f"row {r}, column {c}: seed {seed}, {label}"
+            assert (cell[:BAND].max(axis=2) < 100).sum() > 50, "a label on the band"
+            bands.append(cell[:BAND])
+            state[label] = cell[BAND:]
+        mouths = {label: dark_mouth(tile, marks) for label, tile in state.items()}
+        whites = {label: white_of_eyes(tile, marks) for label, tile in state.items()}
+        assert mouths["open mouth"] > 0.05, mouths
+        assert mouths["closed mouth"] < 0.01 and mouths["idle"] < 0.01, mouths
+        assert whites["idle"] > 0.02 and whites["closed mouth"] > 0.02, whites
+        assert whites["mid-blink"] < 0.2 * whites["idle"], whites
+        shown.append(state["idle"])
+    assert all(not np.array_equal(a, b) for i, a in enumerate(bands) for b in bands[i + 1 :])
+    difference = np.abs(shown[0].astype(np.float32) - shown[1].astype(np.float32)).mean()
+    assert difference > 10, f"the two rows show different faces ({difference:.1f})"
