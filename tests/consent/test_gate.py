@@ -112,5 +112,35 @@ def test_voice_allowed_with_voice_grant(grant, signing_keys):
     assert _check(both, signing_keys, want_voice=True).allowed
 
 
-def test_pure_same_answer(grant, signing_keys):
-    assert _check(grant, signing_keys) == _check(grant, signing_keys)
+def test_pure_same_answer(grant, signing_keys, tmp_path):
+    """The arguments alone decide: equal arguments built apart give equal decisions,
+    whatever was decided before, and the wall clock plays no part (only ``now``)."""
+    first = _check(grant, signing_keys)
+    refused = _check(grant, signing_keys, revoked=True)
+    assert first.allowed and not refused.allowed
+    # Equal, separately built arguments: a rebuilt grant, the keys read again from disk.
+    rebuilt = Grant(**{f.name: getattr(grant, f.name) for f in dataclasses.fields(Grant)})
+    keys_again = SigningKeys.load(tmp_path / "signing")
+    assert rebuilt == grant and rebuilt is not grant and keys_again is not signing_keys
+    assert _check(rebuilt, keys_again) == first
+    assert _check(rebuilt, keys_again, revoked=True) == refused
+    # No memory of earlier calls: after refusals of the same grant it is allowed again,
+    # and after allowing it the same refusal comes back.
+    for kw in ({"revoked": True}, {"avatar_id": "b" * 64}, {"now": grant.expires_at}):
+        assert not _check(grant, signing_keys, **kw).allowed
+        assert _check(grant, signing_keys) == first
+        assert _check(grant, signing_keys, **kw) == _check(rebuilt, keys_again, **kw)
+    # ``now`` is the only clock: a grant long expired by the wall clock is allowed at a
+    # ``now`` before its end, and one far in the future is refused at its ``now`` of expiry.
+    past = dataclasses.replace(
+        grant,
+        issued_at=datetime(1999, 1, 1, tzinfo=UTC),
+        expires_at=datetime(2000, 1, 1, tzinfo=UTC),
+    )
+    past = sign(past, signing_keys)
+    assert _check(past, signing_keys, now=datetime(1999, 6, 1, tzinfo=UTC)).allowed
+    assert not _check(grant, signing_keys, now=grant.expires_at).allowed
+    # The arguments come out as they went in.
+    keys = dict(signing_keys.public_keys())
+    _check(grant, signing_keys, keys_public=keys)
+    assert keys == dict(signing_keys.public_keys()) and rebuilt == grant
