@@ -96,23 +96,40 @@ def test_no_grant_or_wrong_scope_is_403(world):
     assert info.value.response.status_code == 403
 
 
+IN_FLIGHT_S = 0.1  # a face frame sent just before the end may arrive after it (25 fps)
+
+
+def shows_face(image: np.ndarray) -> bool:
+    """Anything but a black frame counts as the face (the AI label included)."""
+    return bool(image.mean() >= 5)
+
+
 async def test_revoke_ends_a_live_session_within_a_second(world):
+    """Within 1 s of the revoke the session ends, and no frame of the face arrives after
+    the end: the last one the client got came before it (one frame in flight allowed)."""
     server, store, subject_id, face = world
     issued = grant(store, subject_id, face)
     async with CompanionClient(server.url, avatar=face.id) as client:
         await client.wait_for("state", 10, state="listening")
         await asyncio.sleep(1.0)
-        assert client.got.video and client.got.video[-1][1].mean() > 20, "the face is shown"
         revoked_at = time.monotonic()
         await asyncio.to_thread(store.revoke, issued.id, by="subject", reason="changed my mind")
         ended = await client.wait_for("state", 5, state="ended")
         ended_at = client.got.first("state", state="ended")
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # whatever the server still sends arrives meanwhile
     assert ended["reason"] == "permission withdrawn"
     assert ended_at - revoked_at <= 1.0, f"took {ended_at - revoked_at:.2f} s"
-    after = [image for t, image in client.got.video if t >= ended_at + 0.2]
-    assert all(image.mean() < 5 for image in after), "no frame of the face after the revoke"
-    print(f"revoke → session ended in {1000 * (ended_at - revoked_at):.0f} ms")
+    shown = [image for t, image in client.got.video if revoked_at - 0.5 <= t < revoked_at]
+    assert len(shown) >= 5, f"{len(shown)} frames in the 0.5 s before the revoke"
+    assert all(image.mean() > 20 for image in shown), "the face is shown until the revoke"
+    last_face = max(t for t, image in client.got.video if shows_face(image))
+    assert last_face <= ended_at + IN_FLIGHT_S, (
+        f"the face still arrived {last_face - ended_at:.2f} s after the session ended"
+    )
+    print(
+        f"revoke → session ended in {1000 * (ended_at - revoked_at):.0f} ms, "
+        f"last frame of the face {1000 * (last_face - ended_at):+.0f} ms from the end"
+    )
 
 
 async def test_expiry_ends_a_live_session(world):
