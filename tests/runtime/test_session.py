@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from avatar.synthetic import make_demo_avatar
+from runtime.dialogue.base import Message
 from runtime.dialogue.conversation import ConversationMemory
 from runtime.label import AiLabel
 from runtime.rtc_client import CompanionClient
@@ -87,11 +88,14 @@ async def test_a_spoken_question_gets_a_spoken_animated_answer(server, question)
 
 
 async def test_barge_in_stops_the_reply_and_trims_history(server, question, piper_tts):
+    """Spoken over 0.6 s into the reply: the audio stops, and the history keeps exactly
+    the words heard (the start of what was said), until the session forgets it."""
     url, data = server
     stop = piper_speech(piper_tts, "Wait, stop, please stop.")
     async with CompanionClient(url, keep_video=False) as client:
         await client.wait_for("state", 10, state="listening")
         client.mic.say(question.pcm, question.sample_rate)
+        asked = await client.wait_for("transcript", 20, final=True)
         await client.wait_for("state", 40, state="speaking")
         await asyncio.sleep(0.6)
         client.mic.say(stop.pcm, stop.sample_rate)
@@ -109,12 +113,37 @@ async def test_barge_in_stops_the_reply_and_trims_history(server, question, pipe
     quiet = [rms for t, rms in after if cut_at + 0.5 <= t <= cut_at + 1.2]
     assert quiet and max(quiet) < 0.005, "reply audio still playing 500 ms after the barge-in"
     print(f"barge-in decided {1000 * (cut_at - spoke_at):.0f} ms after the user started")
-    assistant = [m.content for m in history if m.role == "assistant"]
-    assert assistant, "the heard part of the reply is kept"
-    assert assistant[0] == interrupted["heard"] or not interrupted["heard"]
+    heard = interrupted["heard"]
+    assert heard, "1.1 s of the reply were played: some of it was heard"
+    said = " ".join(
+        e["text"] for t, e in client.got.events if t < cut_at and e.get("type") == "reply"
+    )
+    assert said.split()[: len(heard.split())] == heard.split(), (heard, said)
+    assert history[:2] == [Message("user", asked["text"]), Message("assistant", heard)], history
     await asyncio.sleep(1.0)
     fresh = ConversationMemory(data / "memory")
     assert fresh.history(f"session-{session}") == [], "a closed session forgets (privacy)"
+
+
+async def test_barge_in_before_the_reply_is_heard_keeps_no_reply(server, question, piper_tts):
+    """Spoken over as soon as the question is understood, before any of the reply plays:
+    nothing was heard, so the history keeps the question and no reply to it."""
+    url, data = server
+    stop = piper_speech(piper_tts, "Wait, stop, please stop.")
+    async with CompanionClient(url, keep_video=False) as client:
+        await client.wait_for("state", 10, state="listening")
+        client.mic.say(question.pcm, question.sample_rate)
+        asked = await client.wait_for("transcript", 20, final=True)
+        client.mic.say(stop.pcm, stop.sample_rate)
+        interrupted = await client.wait_for("interrupted", 10)
+        cut_at = client.got.first("interrupted")
+        await asyncio.sleep(1.5)
+        history = ConversationMemory(data / "memory").history(f"session-{client.session_id}")
+    before = [rms for t, rms in client.got.audio_rms if t < cut_at]
+    assert before and max(before) < 0.005, "no reply audio reached the person before the cut"
+    assert interrupted["heard"] == ""
+    assert history[:1] == [Message("user", asked["text"])], history
+    assert [m.role for m in history[1:2]] != ["assistant"], f"an unheard reply was kept: {history}"
 
 
 async def test_offers_are_checked(server):
