@@ -16,6 +16,7 @@ from runtime.dialogue.conversation import ConversationMemory
 from runtime.label import AiLabel
 from runtime.rtc_client import CompanionClient
 from tests.conftest import piper_speech
+from tests.runtime.openai_server import Behaviour, ChatServer
 from tests.serving import Server, free_port
 
 pytestmark = pytest.mark.slow
@@ -125,20 +126,37 @@ async def test_barge_in_stops_the_reply_and_trims_history(server, question, pipe
     assert fresh.history(f"session-{session}") == [], "a closed session forgets (privacy)"
 
 
-async def test_barge_in_before_the_reply_is_heard_keeps_no_reply(server, question, piper_tts):
+async def test_barge_in_before_the_reply_is_heard_keeps_no_reply(tmp_path, question, piper_tts):
     """Spoken over as soon as the question is understood, before any of the reply plays:
-    nothing was heard, so the history keeps the question and no reply to it."""
-    url, data = server
+    nothing was heard, so the history keeps the question and no reply to it.
+
+    The model is the OpenAI-compatible test server (the real client code runs) with a
+    3 s wait before its first word, so no machine is fast enough to play the reply
+    before the interruption lands (about 0.5 s after the person starts speaking)."""
     stop = piper_speech(piper_tts, "Wait, stop, please stop.")
-    async with CompanionClient(url, keep_video=False) as client:
-        await client.wait_for("state", 10, state="listening")
-        client.mic.say(question.pcm, question.sample_rate)
-        asked = await client.wait_for("transcript", 20, final=True)
-        client.mic.say(stop.pcm, stop.sample_rate)
-        interrupted = await client.wait_for("interrupted", 10)
-        cut_at = client.got.first("interrupted")
-        await asyncio.sleep(1.5)
-        history = ConversationMemory(data / "memory").history(f"session-{client.session_id}")
+    with ChatServer() as chat:
+        chat.reset(Behaviour(reply="I am so glad you asked that.", first_token_delay=3.0))
+        running = Server(
+            tmp_path,
+            LIKENESS_DIALOGUE__BACKEND="openai",
+            LIKENESS_DIALOGUE__BASE_URL=chat.base_url,
+            LIKENESS_DIALOGUE__MODEL="test-model",
+            LIKENESS_SERVER__MEDIA_TIMEOUT_S="4",
+        ).start()
+        try:
+            async with CompanionClient(running.url, keep_video=False) as client:
+                await client.wait_for("state", 10, state="listening")
+                client.mic.say(question.pcm, question.sample_rate)
+                asked = await client.wait_for("transcript", 20, final=True)
+                client.mic.say(stop.pcm, stop.sample_rate)
+                interrupted = await client.wait_for("interrupted", 10)
+                cut_at = client.got.first("interrupted")
+                await asyncio.sleep(1.5)
+                memory = ConversationMemory(tmp_path / "memory")  # forgotten at the close
+                history = memory.history(f"session-{client.session_id}")
+        finally:
+            running.stop()
+    assert chat.seen.requests, "the question reached the model"
     before = [rms for t, rms in client.got.audio_rms if t < cut_at]
     assert before and max(before) < 0.005, "no reply audio reached the person before the cut"
     assert interrupted["heard"] == ""
