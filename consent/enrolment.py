@@ -57,6 +57,7 @@ from consent.liveness.verify import (
     LivenessResult,
     Point,
     load_asr,
+    sentence,
     verify_clip,
 )
 from consent.store import ConsentStore, LivenessInfo, photo_hash
@@ -249,7 +250,7 @@ class Enrolment:
                 face = self.analyzer.analyze(rgb)
                 embedding = self.analyzer.embed(rgb, face)
             except AvatarError as err:
-                message = _sentence(str(err).replace("the image", "the photo"))
+                message = sentence(str(err).replace("the image", "the photo"))
                 raise EnrolmentError(422, message) from None
         avatar_id = photo_hash(bytes(data))
         try:
@@ -257,7 +258,7 @@ class Enrolment:
         except NotFoundError:
             raise EnrolmentError(404, "This person is not registered: sign in again.") from None
         except GrantError as err:
-            raise EnrolmentError(409, _sentence(str(err))) from None
+            raise EnrolmentError(409, sentence(str(err))) from None
         if self.avatars is not None:
             aligned = align_face(rgb, face.landmarks, size=self.options.avatar_size)
             self.avatars.save(
@@ -608,14 +609,6 @@ def sweep_clips(store: ConsentStore, now: float) -> int:
             path.unlink(missing_ok=True)
             deleted += 1
     return deleted
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 __all__ = [

@@ -20,7 +20,7 @@ from consent.ceremony.depth import DepthOptions, explain_turn
 from consent.ceremony.light import LightOptions, LightResult, check_light
 from consent.ceremony.observe import FrameObs
 from consent.ceremony.plan import CeremonyPlan, Prompt
-from consent.liveness.verify import Point
+from consent.liveness.verify import Point, sentence
 from voice.vad import VADOptions
 
 
@@ -183,7 +183,7 @@ def digits_point(ev: Evidence) -> Point:
             "digits",
             False,
             score,
-            _sentence("; ".join(wrong) + ": read each group aloud, clearly"),
+            sentence("; ".join(wrong) + ": read each group aloud, clearly"),
         )
     if right < total:
         return Point("digits", False, score, f"Only {right} of {total} digit groups were read.")
@@ -215,7 +215,7 @@ def reaction_point(ev: Evidence) -> Point:
         return Point("reaction", False, 0.0, "We saw no answer to any prompt.")
     score = float(np.median(times))
     if problems:
-        return Point("reaction", False, score, _sentence("; ".join(problems)))
+        return Point("reaction", False, score, sentence("; ".join(problems)))
     return Point(
         "reaction",
         True,
@@ -250,7 +250,7 @@ def turns_point(ev: Evidence) -> Point:
     if problems or made < total:
         if not problems:
             problems.append(f"only {made} of {total} turns were made")
-        return Point("head_turns", False, score, _sentence("; ".join(problems)))
+        return Point("head_turns", False, score, sentence("; ".join(problems)))
     peaks = ", ".join(f"{s.prompt.direction} {s.peak_yaw:.0f} degrees" for s in turns)
     return Point("head_turns", True, score, f"The head turned as asked ({peaks}).")
 
@@ -380,7 +380,7 @@ def identity_point(ev: Evidence) -> Point:
             f"{worst[1] - (ev.started or 0):.1f} s: the same person must stay in view"
         )
     if problems:
-        return Point("identity", False, dist, _sentence("; ".join(problems)))
+        return Point("identity", False, dist, sentence("; ".join(problems)))
     return Point("identity", True, dist, f"The face matches the photo (distance {dist:.2f}).")
 
 
@@ -410,12 +410,6 @@ def continuity_point(ev: Evidence) -> Point:
             f"{worst:.2f} face widths at once): the video must be one unbroken take.",
         )
     return Point("continuity", True, worst, "The video was one unbroken take.")
-
-
-def _sentence(text: str) -> str:
-    text = text.strip()
-    text = text[:1].upper() + text[1:]
-    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 __all__ = [

@@ -135,6 +135,15 @@ class Point:
     reason: str
 
 
+def sentence(text: str) -> str:
+    """``text`` as a sentence for the person: capitalised, ending in a full stop."""
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 @dataclass(frozen=True, slots=True)
 class LivenessResult:
     """The server's decision on one clip.
@@ -581,5 +590,6 @@ __all__ = [
     "Point",
     "asr_options",
     "load_asr",
+    "sentence",
     "verify_clip",
 ]
