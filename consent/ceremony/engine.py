@@ -111,6 +111,7 @@ class Ceremony:
         self._embeds: list[tuple[float, np.ndarray]] = []
         self._last_embed = -math.inf
         self._frontal: tuple[np.ndarray, np.ndarray] | None = None
+        self._rest: float | None = None  # resting yaw, once 60 frames are in
         self._face_since: float | None = None
         self._sent: list[Answer] = []
         self._next_at: float | None = None  # when the next prompt is due
@@ -315,8 +316,14 @@ class Ceremony:
             s.settled = 0
 
     def _rest_yaw(self) -> float:
+        """The resting yaw: the median of the first 60 frames (fixed once they are in)."""
+        if self._rest is not None:
+            return self._rest
         yaws = [f.yaw for f in self._frames[:60] if f.present and not math.isnan(f.yaw)]
-        return float(np.clip(np.median(yaws), -10.0, 10.0)) if yaws else 0.0
+        rest = float(np.clip(np.median(yaws), -10.0, 10.0)) if yaws else 0.0
+        if len(self._frames) >= 60:
+            self._rest = rest
+        return rest
 
     def _maybe_embed(self, obs: FrameObs, frame: np.ndarray) -> None:
         opts = self.options
