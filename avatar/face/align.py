@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar.face.crop import feather_width, paste_alpha
 from avatar.types import LEFT_EYE, RIGHT_EYE, Box
 
 DEFAULT_MARGIN = 4.0
@@ -134,7 +135,8 @@ def paste_back(
         photo: the uint8 RGB photo the crop was cut from (not modified).
         crop: uint8 RGB (size, size, 3), e.g. a generated frame of the aligned face.
         matrix: the photo-to-crop matrix of :class:`AlignedFace`.
-        feather_px: width of the soft edge in crop pixels; None uses size / 16.
+        feather_px: width of the soft edge in crop pixels; None uses size / 16
+            (:func:`avatar.face.crop.feather_mask`).
 
     Returns:
         A new photo: the crop inside its footprint, blended over ``feather_px`` at the
@@ -143,19 +145,13 @@ def paste_back(
     size = crop.shape[0]
     if crop.shape[:2] != (size, size):
         raise ValueError(f"paste_back needs a square crop, got {crop.shape}")
-    feather = size / 16 if feather_px is None else float(feather_px)
     height, width = photo.shape[:2]
-    centres = np.arange(size, dtype=np.float32) + 0.5
-    edge = np.minimum(centres, size - centres)
-    ramp = np.clip(edge / max(feather, 1e-6), 0.0, 1.0)
-    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no visible seam at either end
-    mask = np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    alpha = cv2.warpAffine(mask, matrix, (width, height), flags=flags, borderValue=0.0)
+    alpha = paste_alpha(matrix, size, (width, height), feather_width(size, feather_px))
     inside = alpha > 0
     out = photo.copy()
     if not inside.any():
         return out
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(
         crop, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE
     )

@@ -1,13 +1,14 @@
 """Where the neural model's face crop sits in the output frame, and pasting it back.
 
 The neural generator works on a tight square face crop of side ``S`` (64, 256 or 512
-pixels), framed as the training data were (``avatar.train.crops``: a square of
+pixels), framed as the training data were (:mod:`avatar.face.crop`: a square of
 ``crop_scale`` times the landmarks' longer extent, moved up by ``crop_shift`` of its
 side). The output frame is the prepared avatar at the output size; every generated crop
 is put back into it with the feathered paste-back of :func:`avatar.face.paste_back`
-(same mask, same blending), with the mask, its footprint's bounding box and the
-frame's share of the blend computed once per avatar: a paste warps and blends only that
-box (about 4x faster than the whole frame: ~2 ms at 512 px on one core).
+(the same :func:`~avatar.face.crop.paste_alpha` mask, same blending), with the mask, its
+footprint's bounding box and the frame's share of the blend computed once per avatar: a
+paste warps and blends only that box (about 4x faster than the whole frame: ~2 ms at
+512 px on one core).
 """
 
 from __future__ import annotations
@@ -17,17 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar.face.crop import crop_frame, crop_matrix, feather_width, paste_alpha, raw_boxes
 from avatar.procedural.renderer import fit_avatar
-from avatar.train.crops import crop_frame, raw_boxes
 from avatar.types import PreparedAvatar
-
-
-def crop_matrix(box: np.ndarray, size: int) -> np.ndarray:
-    """The frame-to-crop affine (2x3) of :func:`avatar.train.crops.crop_frame`'s box."""
-    cx, cy, side = (float(v) for v in box)
-    s = size / side
-    x0, y0 = cx - side / 2, cy - side / 2
-    return np.array([[s, 0.0, -s * x0 - 0.5], [0.0, s, -s * y0 - 0.5]])
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -69,15 +62,8 @@ class FaceFraming:
         box = raw_boxes(landmarks[None], crop_scale, crop_shift)[0]
         crop = crop_frame(frame, box, model_size)
         matrix = crop_matrix(box, model_size)
-        feather = model_size / 16 if feather_px is None else float(feather_px)
-        # The mask exactly as avatar.face.paste_back builds it.
-        centres = np.arange(model_size, dtype=np.float32) + 0.5
-        edge = np.minimum(centres, model_size - centres)
-        ramp = np.clip(edge / max(feather, 1e-6), 0.0, 1.0)
-        ramp = ramp * ramp * (3 - 2 * ramp)
-        mask = np.minimum(ramp[:, None], ramp[None, :]).astype(np.float32)
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-        alpha = cv2.warpAffine(mask, matrix, (size, size), flags=flags, borderValue=0.0)
+        feather = feather_width(model_size, feather_px)
+        alpha = paste_alpha(matrix, model_size, (size, size), feather)  # as paste_back's
         rows, cols = np.nonzero(alpha > 0)
         if not len(rows):  # the crop misses the frame: every paste is the frame itself
             box = (0, 0, 0, 0)

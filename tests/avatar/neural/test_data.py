@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from avatar.export import probe, write_mp4
+from avatar.face.crop import crop_frame, to_crop
 from avatar.features import SAMPLE_RATE, frame_rows, mel_for_frames
 from avatar.synthetic import make_demo_avatar
 from avatar.train import (
@@ -25,7 +26,7 @@ from avatar.train import (
     load_entries,
     preprocess,
 )
-from avatar.train.crops import crop_frame, jitter_px, to_crop
+from avatar.train.crops import jitter_px
 from avatar.train.shards import read_metadata, read_shard
 from avatar.train.synthetic import make_synthetic_corpus
 from avatar.train.video import iter_frames, read_audio
