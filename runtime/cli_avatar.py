@@ -35,7 +35,7 @@ def prepare(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Detect, align and cache a face; prints its id, face box, pose and warnings."""
-    from runtime.animation import prepare_from_photo
+    from runtime.avatar_components import prepare_from_photo
 
     prepared = prepare_from_photo(state.load(), require_file(photo, "photo"))
     box, pose = prepared.source_box, prepared.pose
@@ -64,13 +64,8 @@ def _animate(
     use: FaceUse,
     backend: str | None = None,
 ) -> None:
-    from runtime.animation import (
-        FacePermit,
-        animate_to_file,
-        resolve_avatar,
-        speech_from_file,
-        speech_from_text,
-    )
+    from runtime.animation import FacePermit, animate_to_file, speech_from_file, speech_from_text
+    from runtime.avatar_components import resolve_avatar
 
     if (audio is None) == (say is None):
         raise InputError("give either an audio file or --say TEXT")
@@ -180,7 +175,8 @@ def _bench_neural(
         bench_neural,
         parse_streams,
     )
-    from runtime.animation import BENCHMARK, FacePermit, FaceUse, resolve_avatar
+    from runtime.animation import BENCHMARK, FacePermit, FaceUse
+    from runtime.avatar_components import resolve_avatar
     from runtime.bench import machine_info
 
     try:
@@ -236,14 +232,8 @@ def bench_avatar(
     in the deployment (default "cli"); no frame is written.
     """
     from avatar.procedural.bench import bench_procedural
-    from runtime.animation import (
-        BENCHMARK,
-        FacePermit,
-        FaceUse,
-        generator_options,
-        pin_to_one_core,
-        resolve_avatar,
-    )
+    from runtime.animation import BENCHMARK, FacePermit, FaceUse, pin_to_one_core
+    from runtime.avatar_components import generator_options, resolve_avatar
     from runtime.bench import machine_info
 
     if backend == "neural":

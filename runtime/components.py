@@ -1,7 +1,8 @@
-"""Build the voice and dialogue components from the one config.
+"""Build the voice, dialogue, safety and consent components from the one config.
 
-This is the only place that turns :class:`~runtime.config.Settings` into the
-components' own option dataclasses, so each component stays free of the config.
+This module and its avatar half, :mod:`runtime.avatar_components`, are the only
+places that turn :class:`~runtime.config.Settings` into the components' own option
+dataclasses, so each component stays free of the config.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def clone_voice_id(settings: Settings) -> str | None:
     reference recording must be of that person, and that avatar's grant must allow the
     voice. None for the synthetic face: no grant can cover that, so no clone is allowed.
     """
-    from runtime.animation import SYNTHETIC_REF
+    from runtime.avatar_components import SYNTHETIC_REF
 
     avatar = settings.server.avatar
     return None if not avatar or avatar == SYNTHETIC_REF else avatar

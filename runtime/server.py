@@ -49,7 +49,7 @@ from consent.portal import deployment_allows, for_gate
 from consent.portal import mount as portal_mount
 from consent.retention import SweepReport, sweep_forever
 from runtime import components
-from runtime.animation import SYNTHETIC_REF, load_avatar_engine, resolve_avatar, store
+from runtime.avatar_components import SYNTHETIC_REF, load_avatar_engine, resolve_avatar, store
 from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger

@@ -34,7 +34,7 @@ from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
 from consent.watermark import Watermark, payload_of
 from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
-from runtime.animation import avatar_generator, generator_options
+from runtime.avatar_components import avatar_generator, generator_options
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.errors import LikenessError

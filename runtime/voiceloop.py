@@ -310,7 +310,8 @@ DEMO_QUESTION = "Hello! My name is Sam. Could you tell me something nice about t
 
 
 def _animate_demo(settings: Settings, speech: Path, output: Path) -> Path:
-    from runtime.animation import SYNTHETIC_REF, animate_to_file, resolve_avatar, speech_from_file
+    from runtime.animation import animate_to_file, speech_from_file
+    from runtime.avatar_components import SYNTHETIC_REF, resolve_avatar
 
     face = resolve_avatar(settings, SYNTHETIC_REF)
     return animate_to_file(settings, face, speech_from_file(speech), output).path

@@ -26,7 +26,8 @@ from consent.store import utcnow
 from consent.watermark import detect
 from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
-from runtime.animation import FacePermit, FaceUse, prepare_from_photo
+from runtime.animation import FacePermit, FaceUse
+from runtime.avatar_components import prepare_from_photo
 from runtime.config import load_config
 from runtime.errors import InputError
 from runtime.label import AiLabel

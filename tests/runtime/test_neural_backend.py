@@ -56,7 +56,7 @@ def test_animate_with_the_neural_backend_writes_a_playable_mp4(checkpoint, speec
 def test_the_backend_setting_chooses_the_generator(checkpoint):
     from avatar.pipelines import NeuralGenerator
     from avatar.procedural import ProceduralGenerator
-    from runtime.animation import avatar_generator, load_avatar_engine
+    from runtime.avatar_components import avatar_generator, load_avatar_engine
     from runtime.config import load_config
     from runtime.errors import ConfigError
 
@@ -81,7 +81,7 @@ def test_the_backend_setting_chooses_the_generator(checkpoint):
 
 
 def test_unusable_checkpoints_are_config_errors(checkpoint, tmp_path):
-    from runtime.animation import load_avatar_engine
+    from runtime.avatar_components import load_avatar_engine
     from runtime.config import load_config
     from runtime.errors import ConfigError
 
@@ -180,7 +180,7 @@ def test_compile_setting_compiles_every_batch_size_at_load(checkpoint):
     ``server.max_sessions`` before it is returned (inductor on this CPU)."""
     from torch._dynamo.utils import counters
 
-    from runtime.animation import load_avatar_engine
+    from runtime.avatar_components import load_avatar_engine
     from runtime.config import load_config
 
     settings = load_config(
@@ -203,7 +203,7 @@ def test_compile_setting_compiles_every_batch_size_at_load(checkpoint):
 def test_a_compile_that_cannot_write_its_cache_is_a_config_error(checkpoint, monkeypatch, tmp_path):
     """torch.compile's cache folder cannot be made (a file is in the way: like a
     read-only or full disk): the engine does not start, and the error names the setting."""
-    from runtime.animation import load_avatar_engine
+    from runtime.avatar_components import load_avatar_engine
     from runtime.config import load_config
     from runtime.errors import ConfigError
 
