@@ -37,13 +37,13 @@ from runtime import components
 from runtime.avatar_components import avatar_generator, generator_options
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
+from runtime.dialogue.speak import speak_reply
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
 from runtime.label import AiLabel, FrameStamp
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut, inbound_audio
 from runtime.safety import DistressDetector
-from runtime.voiceloop import speak_reply
 from voice.asr import WhisperASR
 from voice.errors import VoiceError
 from voice.tts.base import TTSBackend

@@ -2,17 +2,16 @@
 
 ``listen_file`` runs the whole loop offline — VAD turns → transcript → distress
 check → streamed reply → speech — and ``chat_loop`` does the text-in, speech-out
-part. :func:`speak_reply` is the streaming core both use: the LLM's sentences go
-to TTS as soon as each is complete, while the LLM keeps writing.
+part. Both speak through :func:`runtime.dialogue.speak.speak_reply`, the streaming
+core a live session uses too: the LLM's sentences go to TTS as soon as each is
+complete, while the LLM keeps writing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from runtime import components
 from runtime.config import Settings
 from runtime.dialogue.conversation import Conversation
+from runtime.dialogue.speak import speak_reply
 from runtime.logs import get_logger
 from runtime.safety import DistressAlert
 from voice.audio import read_audio, write_wav
@@ -93,45 +93,6 @@ class SpokenReply:
         if not self.chunks:
             return np.zeros(0, dtype=np.float32)
         return np.concatenate([c.pcm for c in self.chunks])
-
-
-async def speak_reply(
-    conversation: Conversation,
-    tts: TTSBackend,
-    person: str,
-    user_text: str,
-    on_sentence: Callable[[str], None] | None = None,
-) -> AsyncIterator[tuple[int, str, SpeechChunk]]:
-    """Stream a reply: yields (sentence number, sentence, speech chunk) as soon as each exists.
-
-    The LLM runs in its own task and queues sentences; TTS speaks them in order.
-    ``on_sentence`` is called as soon as the LLM completes each sentence (before it
-    is spoken). Closing this generator (barge-in) cancels both.
-    """
-    sentences: asyncio.Queue[str | None] = asyncio.Queue()
-
-    async def write() -> None:
-        try:
-            async for sentence in conversation.reply(person, user_text):
-                if on_sentence is not None:
-                    on_sentence(sentence)
-                await sentences.put(sentence)
-        finally:
-            await sentences.put(None)
-
-    writer = asyncio.create_task(write())
-    try:
-        number = 0
-        while (sentence := await sentences.get()) is not None:
-            async for chunk in tts.synthesize(sentence):
-                yield number, sentence, chunk
-            number += 1
-        await writer  # surfaces the LLM's error, if any
-    finally:
-        if not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
 
 
 async def collect_reply(
