@@ -42,7 +42,8 @@ from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
 from runtime.label import AiLabel, FrameStamp
 from runtime.logs import get_logger
-from runtime.media import AudioOut, MediaClock, VideoOut, inbound_audio
+from runtime.inbound import inbound_audio
+from runtime.media import AudioOut, MediaClock, VideoOut
 from runtime.safety import DistressDetector
 from voice.asr import WhisperASR
 from voice.errors import VoiceError

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from runtime.media import AudioOut, MediaClock, VideoOut, inbound_audio
+from runtime.inbound import inbound_audio
+from runtime.media import AudioOut, MediaClock, VideoOut
 from tests.runtime.rtc_loopback import rtc_loopback
 
 TTS_RATE = 22_050  # Piper's rate: the tracks resample it
