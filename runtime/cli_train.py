@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -21,6 +21,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runtime.cli_common import err_console, handle_errors
 from runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from avatar.train.loop import LoopOptions
 
 train_app = typer.Typer(
     help="Training: synthetic clips, preprocessing into shards, the three training stages.",
@@ -198,7 +201,7 @@ def _loop(
     threads: int | None,
     workers: int,
     checkpoint_every: int,
-) -> Any:
+) -> LoopOptions:
     from avatar.train.loop import LoopOptions
 
     return LoopOptions(

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend, GenerationOptions
@@ -31,6 +32,10 @@ from runtime.safety import (
 from voice.asr import ASROptions, WhisperASR
 from voice.tts.base import TTSBackend, VoiceCloneGate, deny_all_clones
 from voice.vad import SileroVAD, TurnDetector, VADOptions
+
+if TYPE_CHECKING:
+    from consent.gate import ConsentGate
+    from consent.store import Purger
 
 
 def embedded_piper_path() -> Path | None:
@@ -137,7 +142,7 @@ def clone_voice_id(settings: Settings) -> str | None:
     return None if not avatar or avatar == SYNTHETIC_REF else avatar
 
 
-def voice_clone_gate(settings: Settings, gate) -> VoiceCloneGate:
+def voice_clone_gate(settings: Settings, gate: ConsentGate | None) -> VoiceCloneGate:
     """The voice consent hook to hand to :func:`load_tts`.
 
     ``gate.voice_clone_gate`` for ``consent.deployment`` when the TTS clones a voice
@@ -240,7 +245,7 @@ def alert_sinks(settings: Settings) -> list[AlertSink]:
     return sinks
 
 
-def prepared_avatar_purger(settings: Settings):  # -> consent.store.Purger
+def prepared_avatar_purger(settings: Settings) -> Purger:
     """A store purger that deletes the prepared avatars (``<data dir>/avatars/<id>``) of
     purged subjects and of photos that lost their grant."""
     from avatar.errors import ImageInputError
@@ -256,7 +261,7 @@ def prepared_avatar_purger(settings: Settings):  # -> consent.store.Purger
     return purge
 
 
-def consent_gate(settings: Settings, purgers: Sequence = ()):  # -> consent.gate.ConsentGate
+def consent_gate(settings: Settings, purgers: Sequence[Purger] = ()) -> ConsentGate:
     """The consent gate over the configured store (migrated) and the signing keys.
 
     The store deletes the prepared avatars of whatever it purges
