@@ -40,9 +40,9 @@ from runtime.dialogue.base import DialogueBackend
 from runtime.dialogue.speak import speak_reply
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
+from runtime.inbound import inbound_audio
 from runtime.label import AiLabel, FrameStamp
 from runtime.logs import get_logger
-from runtime.inbound import inbound_audio
 from runtime.media import AudioOut, MediaClock, VideoOut
 from runtime.safety import DistressDetector
 from voice.asr import WhisperASR
