@@ -204,8 +204,8 @@ def _crop(avatar: PreparedAvatar | None, size: int) -> np.ndarray:
 
 def _mel_windows(spec: Any, seconds: float, n_chunks: int, seed: int) -> list[np.ndarray]:
     """The chunk schedule's mel windows [1, W·m, n_mels] over speech-like audio."""
-    from avatar.features import log_mel
     from avatar.models.audio_encoder import SILENCE_LOG_MEL
+    from avatar.neural_audio import log_mel
     from avatar.procedural.bench import speech_like_audio
 
     mel = log_mel(speech_like_audio(seconds, SAMPLE_RATE, seed=seed), SAMPLE_RATE)

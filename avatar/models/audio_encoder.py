@@ -1,9 +1,9 @@
 """The audio encoder: log-mel (+ optional viseme ids) → one token per video frame.
 
-Input contract (``avatar.features``): natural-log mel, 16 kHz, n_fft 400, hop 160 (100
+Input contract (``avatar.neural_audio``): natural-log mel, 16 kHz, n_fft 400, hop 160 (100
 frames/s), 80 bins, ``log(max(mel, 1e-5))``; ``mel_per_frame`` (4) mel frames per video
 frame at 25 fps; ``[B, T·4, 80]`` float32. Viseme ids, when known, are ``[B, T]`` int64,
-0 = silence, below ``n_visemes`` (``avatar.features.VISEME_NAMES``); their embedding is
+0 = silence, below ``n_visemes`` (``avatar.neural_audio.VISEME_NAMES``); their embedding is
 added to the frame tokens.
 
 Causality: every layer works per frame (Linear, LayerNorm) or looks only backwards in time

@@ -193,7 +193,7 @@ class AudioEncoderConfig:
         depth: causal dilated convolution blocks (dilation 1, 2, 4, ...).
         kernel_size: temporal kernel of each block.
         n_visemes: how many viseme ids: 0 (silence) to ``n_visemes - 1`` (16, as
-            ``avatar.features`` emits).
+            ``avatar.neural_audio`` emits).
     """
 
     n_mels: int = 80

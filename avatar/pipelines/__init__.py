@@ -7,7 +7,7 @@
   due chunks of every live session.
 - :mod:`avatar.pipelines.neural`: :class:`NeuralGenerator`, the avatar contract
   (``avatar/base.py``) on the neural model; :func:`generate_clip` for whole clips.
-- :mod:`avatar.pipelines.segment`, :mod:`avatar.pipelines.framing`: a segment's audio as
+- :mod:`avatar.pipelines.mel_segment`, :mod:`avatar.pipelines.framing`: a segment's audio as
   log-mel chunks; the model's face crop and the feathered paste-back.
 
 What the faces look like depends on the checkpoint: an untrained or tiny model makes

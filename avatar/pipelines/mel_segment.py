@@ -2,7 +2,7 @@
 
 Audio of any rate arrives in pieces; it is resampled to 16 kHz as a stream
 (``soxr.ResampleStream``) and turned into log-mel rows by
-:class:`avatar.features.StreamingMel`, so the rows equal ``log_mel`` of the whole
+:class:`avatar.neural_audio.StreamingMel`, so the rows equal ``log_mel`` of the whole
 resampled signal. Chunk ``i`` of the segment (frames ``[iK, (i+1)K)``) can run once its
 audio window (:class:`~avatar.pipelines.runner.RunnerSpec`, ``((i+1)K + L)·m`` rows)
 has arrived, or once the segment is flushed; rows outside the audio read as silence,
@@ -18,8 +18,8 @@ import math
 
 import numpy as np
 
-from avatar.features import SAMPLE_RATE, StreamingMel, visemes_per_frame
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
+from avatar.neural_audio import SAMPLE_RATE, StreamingMel, visemes_per_frame
 from avatar.pipelines.runner import RunnerSpec
 from avatar.streaming import frame_count
 from avatar.types import TimingLike

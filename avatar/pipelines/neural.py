@@ -15,7 +15,7 @@ the neural model doing the drawing::
 How a frame is made: the avatar's face crop (framed as the training crops were,
 :mod:`avatar.pipelines.framing`) is encoded once per avatar (appearance cached while a
 session uses it). Speech is resampled to 16 kHz and turned into log-mel rows as it
-arrives (:mod:`avatar.pipelines.segment`); each chunk of ``K`` frames (8 = 320 ms at
+arrives (:mod:`avatar.pipelines.mel_segment`); each chunk of ``K`` frames (8 = 320 ms at
 25 fps) runs once its audio plus the look-ahead has arrived: one motion-branch call
 (the sampler's steps inside), one renderer call, batched with the other sessions' due
 chunks (:class:`~avatar.pipelines.scheduler.BatchScheduler`), then the crops are pasted
@@ -52,9 +52,9 @@ from avatar.errors import GeneratorError
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
 from avatar.models.errors import ModelConfigError
 from avatar.pipelines.framing import FaceFraming
+from avatar.pipelines.mel_segment import NeuralSegment
 from avatar.pipelines.runner import EncodedAvatar, Runner
 from avatar.pipelines.scheduler import BatchScheduler, ChunkRequest, ChunkResult
-from avatar.pipelines.segment import NeuralSegment
 from avatar.samplers.chunks import chunk_noise
 from avatar.streaming import SegmentedGenerator, check_avatar, check_ranges
 from avatar.types import EndOfSegment, PreparedAvatar, TimingLike, VideoFrame

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from avatar.errors import GeneratorError
+from avatar.procedural.mouth_segment import SpeechSegment
 from avatar.procedural.renderer import FrameRenderer
-from avatar.procedural.segment import SpeechSegment
 from avatar.streaming import SegmentedGenerator, check_avatar, check_ranges, mono_float
 from avatar.types import EndOfSegment, PreparedAvatar, TimingLike, VideoFrame
 

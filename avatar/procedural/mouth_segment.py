@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from avatar.procedural.features import AudioMouth
+from avatar.procedural.audio_mouth import AudioMouth
 from avatar.procedural.visemes import VisemeTrack
 from avatar.streaming import frame_count
 from avatar.types import TimingLike

@@ -8,7 +8,7 @@ glob, so both common layouts work: HDTF's flat folder (``SRC/*.mp4``) and VoxCel
 For each video (:func:`preprocess`): decode at 25 fps and 16 kHz mono
 (:mod:`avatar.train.video`), track the face and smooth the crop box
 (:mod:`avatar.train.crops`), cut and resize the crops (64 tiny / 256 base / 512 large),
-compute the log-mel rows (:mod:`avatar.features`, 4 per frame) and write shards of
+compute the log-mel rows (:mod:`avatar.neural_audio`, 4 per frame) and write shards of
 ``shard_frames`` frames (:mod:`avatar.train.shards`). The output folder::
 
     OUT/options.json                  the options the folder was made with
@@ -51,7 +51,7 @@ from avatar.errors import AvatarError
 from avatar.face.analyzer import FaceAnalyzer
 from avatar.face.options import FaceOptions
 from avatar.face.registry import load_backend
-from avatar.features import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, mel_for_frames
+from avatar.neural_audio import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS, mel_for_frames
 from avatar.train import crops
 from avatar.train.shards import shard_name, write_shard
 from avatar.train.video import VideoReadError, iter_frames, probe_video, read_audio

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from avatar.features import MEL_PER_FRAME
+from avatar.neural_audio import MEL_PER_FRAME
 from avatar.train.data import PreprocessError, load_entries
 from avatar.train.shards import read_rows
 

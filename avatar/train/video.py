@@ -20,7 +20,7 @@ import numpy as np
 import soxr
 
 from avatar.errors import AvatarError
-from avatar.features import SAMPLE_RATE
+from avatar.neural_audio import SAMPLE_RATE
 
 
 class VideoReadError(AvatarError, ValueError):

@@ -15,7 +15,7 @@ import pytest
 
 from avatar.export import probe, write_mp4
 from avatar.face.crop import crop_frame, to_crop
-from avatar.features import SAMPLE_RATE, frame_rows, mel_for_frames
+from avatar.neural_audio import SAMPLE_RATE, frame_rows, mel_for_frames
 from avatar.synthetic import make_demo_avatar
 from avatar.train import (
     InjectedFault,

@@ -1,4 +1,4 @@
-"""The audio feature contract (avatar.features): log-mel rows, alignment, streaming, visemes."""
+"""The audio feature contract (avatar.neural_audio): log-mel rows, alignment, streaming, visemes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from avatar.features import (
+from avatar.neural_audio import (
     MEL_PER_FRAME,
     N_MELS,
     NEUTRAL,

@@ -21,9 +21,9 @@ import soundfile as sf
 import torch
 
 from avatar.face import paste_back
-from avatar.features import log_mel
 from avatar.models import SILENCE_LOG_MEL
 from avatar.models.errors import ModelConfigError, ModelInputError
+from avatar.neural_audio import log_mel
 from avatar.pipelines import Runner, TorchRunner, TorchRunnerOptions, load_runner
 from avatar.pipelines.framing import FaceFraming
 from avatar.pipelines.neural import (
