@@ -10,7 +10,8 @@
   Inputs ``mel [B, W·m, n_mels]``, ``visemes [B, W]`` int64, ``viseme_keep [B]`` (1 = use
   the visemes, 0 = as if none were given), ``context [B, C, D]``, ``id_tokens``,
   ``noise [B, K, D]`` and ``say [B, 2]`` (audio weight, identity weight) → ``codes [B, K, D]``.
-  It is exactly :func:`avatar.samplers.chunks.sample_chunk` with a
+  It is exactly :func:`avatar.samplers.chunks.sample_chunk` (both call
+  :func:`avatar.models.chunk.chunk_codes`) with a
   :class:`~avatar.samplers.flow_matching.FlowMatchingStudent`, except that the noise is an
   input: the runner draws it with :func:`~avatar.samplers.chunks.chunk_noise` (a
   ``torch.Generator`` cannot live in a graph), so seeds mean the same thing in both runtimes.
@@ -53,6 +54,7 @@ from torch import Tensor, nn
 
 from avatar.errors import AvatarError
 from avatar.models.checkpoint import weights_path
+from avatar.models.chunk import chunk_codes
 from avatar.models.config import CONFIG_VERSION, GeneratorConfig, config_to_dict
 from avatar.models.generator import AvatarState, DualBranchGenerator
 from avatar.samplers.flow_matching import MAX_STUDENT_STEPS, FlowMatchingStudent, StudentOptions
@@ -142,8 +144,9 @@ class AvatarGraph(nn.Module):
 class MotionChunkGraph(nn.Module):
     """One chunk of student motion: audio encoder + ``steps`` unrolled Euler steps.
 
-    Mirrors :func:`avatar.samplers.chunks.sample_chunk` with a
-    :class:`FlowMatchingStudent`; the noise and the say weights are inputs.
+    It is :func:`avatar.models.chunk.chunk_codes` (what
+    :func:`avatar.samplers.chunks.sample_chunk` and ``TorchRunner`` run) with a
+    :class:`FlowMatchingStudent`; the noise, the say weights and ``viseme_keep`` are inputs.
     """
 
     def __init__(self, gen: DualBranchGenerator, steps: int):
@@ -161,22 +164,17 @@ class MotionChunkGraph(nn.Module):
         noise: Tensor,
         say: Tensor,
     ) -> Tensor:
-        d = self.gen.config.dit
-        dit = self.gen.motion_dit
-        n_cond = d.context_frames + d.chunk_frames
-        enc = self.gen.audio_encoder
-        # Exactly the no-viseme tokens where viseme_keep is 0 (a select, not a blend).
-        with_visemes = enc(mel, visemes)
-        without = enc(mel, None)
-        keep = (viseme_keep > 0.5)[:, None, None]
-        audio = torch.where(keep, with_visemes, without)[:, -n_cond:]
-        ctx = dit.normalize(context)
-
-        def velocity(x: Tensor, t: Tensor, ak: Tensor, ik: Tensor, g: Tensor | None) -> Tensor:
-            return dit(x, t, ctx, audio, id_tokens, ak, ik, say)
-
-        sampler = FlowMatchingStudent(StudentOptions(steps=self.steps))
-        return dit.denormalize(sampler.sample(velocity, noise))
+        return chunk_codes(
+            self.gen,
+            FlowMatchingStudent(StudentOptions(steps=self.steps)),
+            mel=mel,
+            visemes=visemes,
+            viseme_keep=viseme_keep,
+            context=context,
+            id_tokens=id_tokens,
+            noise=noise,
+            guidance=say,
+        )
 
 
 class RendererGraph(nn.Module):

@@ -7,7 +7,9 @@
     codes = generate_motion(gen, sampler, mel, avatar.id_tokens, seed=..., context=...)
     frames = gen.render(avatar, codes)               # [B, T, 3, S, S] in [-1, 1]
 
-The motion codes come from :mod:`avatar.samplers` (this module never imports samplers).
+The motion codes come from :mod:`avatar.samplers` (this module never imports samplers);
+one chunk's computation (audio, velocity, rendering) is written once in
+:mod:`avatar.models.chunk`, which :meth:`DualBranchGenerator.render` calls.
 The parts (``appearance``, ``motion_encoder``, ``renderer``, ``audio_encoder``,
 ``motion_dit``) have plain tensor forwards with static shapes per chunk, for export.
 """
@@ -25,6 +27,7 @@ from avatar.models.appearance import AppearanceEncoder
 from avatar.models.attention import set_attention_backend
 from avatar.models.audio_encoder import AudioEncoder
 from avatar.models.checkpoint import load_state, read_pretrained, save_pretrained
+from avatar.models.chunk import render_codes
 from avatar.models.config import GeneratorConfig
 from avatar.models.errors import ModelInputError
 from avatar.models.motion_code import keypoints_from_code
@@ -146,15 +149,11 @@ class DualBranchGenerator(nn.Module):
             raise ModelInputError(
                 f"motion codes must be [{b}, T, {self.config.code_dim}], got {list(codes.shape)}"
             )
-        t = codes.shape[1]
-
-        def per_frame(x: Tensor) -> Tensor:
-            return x[:, None].expand(b, t, *x.shape[1:]).reshape(b * t, *x.shape[1:])
-
-        rgb, _, _ = self.renderer(
-            tuple(per_frame(level) for level in avatar.pyramid),
-            per_frame(avatar.id_tokens),
-            per_frame(avatar.source_keypoints),
-            self.keypoints(codes.reshape(b * t, -1)),
+        return render_codes(
+            self.renderer,
+            self.config.motion.n_kp,
+            avatar.pyramid,
+            avatar.id_tokens,
+            avatar.source_keypoints,
+            codes,
         )
-        return rgb.reshape(b, t, *rgb.shape[1:])

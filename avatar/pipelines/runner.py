@@ -30,7 +30,10 @@ each session keeps its own seed and chunk index (:func:`avatar.samplers.chunk_no
 and a chunk is the same whether it runs alone or batched (to float rounding). The
 sampler's steps run inside ``motion_chunk`` (the runner's ``steps``; the student takes
 the say weights as an input, the teacher uses them for guidance). ``render`` converts
-to uint8 on the device: ``clip(round((x + 1) · 127.5), 0, 255)``.
+to uint8 on the device: ``clip(round((x + 1) · 127.5), 0, 255)``. What a chunk computes
+(audio conditioning, the velocity the sampler calls, the per-frame render expansion) is
+written once in :mod:`avatar.models.chunk`; :class:`TorchRunner`, the exported graphs
+(``avatar.deploy.onnx``) and :func:`avatar.samplers.chunks.sample_chunk` all call it.
 
 An untrained or tiny model makes blurry, meaningless faces: these classes only move
 tensors; what a face looks like depends entirely on the checkpoint's training.
@@ -46,6 +49,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from avatar.errors import GeneratorError
+from avatar.models.chunk import chunk_audio, render_codes, sample_codes
 from avatar.models.errors import ModelConfigError, ModelInputError
 from avatar.samplers.chunks import ChunkLayout
 
@@ -496,59 +500,49 @@ class TorchRunner:
         b = check_motion_inputs(self.spec, avatars, noise, context, mel, visemes, weights)
         check_rows(self, avatars, "motion_chunk")
         rows = self._rows(b)
-        model, spec = self.model, self.spec
         with self._ctx():
             ids = self._stacked(avatars, rows)[-2]
             vis = None if visemes is None else self._tensor(visemes, rows)
-            n_cond = spec.context_frames + spec.chunk_frames
-            audio = model.audio_encoder(self._tensor(mel, rows), vis)[:, -n_cond:]
-            ctx = model.motion_dit.normalize(self._tensor(context, rows))
+            audio = chunk_audio(self.model, self._tensor(mel, rows), vis)
+            ctx = self._tensor(context, rows)
             x0 = self._tensor(noise, rows)
-            w = self._tensor(weights, rows)
-            if spec.student:
-                out = self._sample_student(x0, ctx, audio, ids, w)
+            if self.spec.student:
+                # The sampler's own weights are replaced by each row's: one pass per step.
+                w = self._tensor(weights, rows).to(x0.dtype)
+                codes = self._sample(self._sampler, x0, ctx, audio, ids, w)
             else:
-                out = self._sample_teacher(x0, ctx, audio, ids, weights, rows)
-            codes = model.motion_dit.denormalize(out.float())
+                codes = self._sample_teacher(x0, ctx, audio, ids, weights, rows)
         return codes[:b].float().cpu().numpy()
 
-    def _velocity(self, ctx: Any, audio: Any, ids: Any, guidance: Any) -> Any:
-        b = ctx.shape[0]
-        dit = self._dit_fn
-
-        def velocity(x: Any, t: Any, ak: Any, ik: Any, g: Any) -> Any:
-            n = x.shape[0] // b
-
-            def rep(z: Any) -> Any:
-                return z if n == 1 else z.repeat(n, *([1] * (z.ndim - 1)))
-
-            given = g if guidance is None else rep(guidance)
-            return dit(x, t, rep(ctx), rep(audio), rep(ids), ak, ik, given)
-
-        return velocity
-
-    def _sample_student(self, x0: Any, ctx: Any, audio: Any, ids: Any, w: Any) -> Any:
-        # The sampler's own weights are replaced by each row's: one pass per step.
-        return self._sampler.sample(self._velocity(ctx, audio, ids, w.to(x0.dtype)), x0)
+    def _sample(
+        self, sampler: Any, x0: Any, ctx: Any, audio: Any, ids: Any, guidance: Any = None
+    ) -> Any:
+        """The chunk's sampler steps (the shared ``sample_codes``) through the possibly
+        compiled transformer."""
+        dit = self.model.motion_dit
+        return sample_codes(
+            dit, sampler, x0, ctx, audio, ids, guidance=guidance, forward=self._dit_fn
+        )
 
     def _sample_teacher(
         self, x0: Any, ctx: Any, audio: Any, ids: Any, weights: np.ndarray, rows: int
     ) -> Any:
+        """The teacher's guidance weights are options of its sampler: rows with the same
+        weights run together, one sampler per group."""
         import torch
 
         padded = np.concatenate([weights, np.repeat(weights[-1:], rows - len(weights), 0)])
         groups: dict[tuple[float, float], list[int]] = {}
         for i, (wa, wi) in enumerate(padded.tolist()):
             groups.setdefault((wa, wi), []).append(i)
-        out = torch.empty_like(x0)
         if len(groups) == 1:
             ((wa, wi),) = groups
-            return self._teacher(wa, wi).sample(self._velocity(ctx, audio, ids, None), x0)
+            return self._sample(self._teacher(wa, wi), x0, ctx, audio, ids)
+        out = torch.empty_like(x0)
         for (wa, wi), index in groups.items():
             sel = torch.tensor(index, device=x0.device)
-            part = [z.index_select(0, sel) for z in (ctx, audio, ids, x0)]
-            v = self._velocity(part[0], part[1], part[2], None)
-            out[sel] = self._teacher(wa, wi).sample(v, part[3])
+            part = [z.index_select(0, sel) for z in (x0, ctx, audio, ids)]
+            out[sel] = self._sample(self._teacher(wa, wi), *part)
         return out
 
     def render(self, avatars: Sequence[EncodedAvatar], codes: np.ndarray) -> np.ndarray:
@@ -558,22 +552,13 @@ class TorchRunner:
         b = check_render_inputs(self.spec, avatars, codes)
         check_rows(self, avatars, "render")
         rows = self._rows(b)
-        t = codes.shape[1]
         with self._ctx():
             *pyramid, ids, kp_src = self._stacked(avatars, rows)
-
-            def per_frame(x: Any) -> Any:
-                return x[:, None].expand(rows, t, *x.shape[1:]).reshape(rows * t, *x.shape[1:])
-
-            code = self._tensor(codes, rows).reshape(rows * t, -1)
-            rgb, _, _ = self._render_fn(
-                tuple(per_frame(level) for level in pyramid),
-                per_frame(ids),
-                per_frame(kp_src),
-                self.model.keypoints(code),
-            )
+            n_kp = self.model.config.motion.n_kp
+            code = self._tensor(codes, rows)
+            rgb = render_codes(self._render_fn, n_kp, pyramid, ids, kp_src, code)
             x = ((rgb.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-            x = x.reshape(rows, t, *x.shape[1:]).permute(0, 1, 3, 4, 2)[:b]
+            x = x.permute(0, 1, 3, 4, 2)[:b]
         return np.ascontiguousarray(x.cpu().numpy())
 
 

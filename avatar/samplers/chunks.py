@@ -26,36 +26,24 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
+from avatar.models.chunk import ChunkModel, ChunkSampler, chunk_codes
 from avatar.models.config import GeneratorConfig
 from avatar.models.errors import ModelInputError
-from avatar.samplers.flow_matching import VelocityFn
+
+MotionModel = ChunkModel
+"""What chunked generation needs of a model (``DualBranchGenerator`` fits)."""
 
 
-class MotionModel(Protocol):
-    """What chunked generation needs of a model (``DualBranchGenerator`` fits)."""
-
-    @property
-    def config(self) -> GeneratorConfig: ...
-
-    @property
-    def audio_encoder(self) -> Any: ...
-
-    @property
-    def motion_dit(self) -> Any: ...
-
-
-class MotionSampler(Protocol):
+class MotionSampler(ChunkSampler, Protocol):
     """A flow-matching sampler (``FlowMatchingTeacher`` or ``FlowMatchingStudent``)."""
 
     guidance_embedded: bool
-
-    def sample(self, velocity: VelocityFn, noise: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +142,8 @@ def sample_chunk(
     seed: int,
     index: int,
 ) -> Tensor:
-    """Generate chunk ``index`` from its audio window and context.
+    """Generate chunk ``index`` from its audio window and context (its seeded noise, then
+    :func:`avatar.models.chunk.chunk_codes`, the one chunk every runtime runs).
 
     Args:
         model: the generator (its audio encoder and motion transformer are used).
@@ -169,24 +158,16 @@ def sample_chunk(
     Returns:
         Motion codes [B, K, code_dim]; append them to the context for the next chunk.
     """
-    d = model.config.dit
-    dit = model.motion_dit
-    b = mel_window.shape[0]
-    n_cond = d.context_frames + d.chunk_frames
-    audio = model.audio_encoder(mel_window, viseme_window)[:, -n_cond:]
-    ctx = dit.normalize(context)
-
-    def velocity(x: Tensor, t: Tensor, ak: Tensor, ik: Tensor, g: Tensor | None) -> Tensor:
-        n = x.shape[0] // b
-
-        def rep(z: Tensor) -> Tensor:
-            return z if n == 1 else z.repeat(n, *([1] * (z.ndim - 1)))
-
-        return dit(x, t, rep(ctx), rep(audio), rep(id_tokens), ak, ik, g)
-
-    shape = (b, d.chunk_frames, model.config.code_dim)
-    noise = chunk_noise(seed, index, shape, mel_window.device, mel_window.dtype)
-    return dit.denormalize(sampler.sample(velocity, noise))
+    shape = (mel_window.shape[0], model.config.dit.chunk_frames, model.config.code_dim)
+    return chunk_codes(
+        model,
+        sampler,
+        mel=mel_window,
+        visemes=viseme_window,
+        context=context,
+        id_tokens=id_tokens,
+        noise=chunk_noise(seed, index, shape, mel_window.device, mel_window.dtype),
+    )
 
 
 def _check_inputs(
