@@ -191,6 +191,16 @@ class RendererGraph(nn.Module):
         return self.gen.render(state, codes)
 
 
+def graph_modules(gen: DualBranchGenerator, steps: int) -> dict[str, nn.Module]:
+    """The torch module of every graph (what :func:`export_onnx` traces and
+    ``parity_report`` compares against), keyed by graph name."""
+    return {
+        AVATAR_GRAPH: AvatarGraph(gen),
+        MOTION_GRAPH: MotionChunkGraph(gen, steps),
+        RENDERER_GRAPH: RendererGraph(gen),
+    }
+
+
 def graph_io(config: GeneratorConfig) -> dict[str, dict[str, list[str]]]:
     """Input and output names of every graph, in order."""
     levels = [f"pyramid_{i}" for i in range(len(config.appearance.channels))]
@@ -374,11 +384,7 @@ def export_onnx(
     try:
         inputs = example_inputs(gen, options.trace_batch)
         batch = {0: "batch"}
-        modules: dict[str, nn.Module] = {
-            AVATAR_GRAPH: AvatarGraph(gen),
-            MOTION_GRAPH: MotionChunkGraph(gen, options.steps),
-            RENDERER_GRAPH: RendererGraph(gen),
-        }
+        modules = graph_modules(gen, options.steps)
         dynamic: dict[str, dict[str, dict[int, str]]] = {
             AVATAR_GRAPH: {
                 n: batch for n in io[AVATAR_GRAPH]["inputs"] + io[AVATAR_GRAPH]["outputs"]

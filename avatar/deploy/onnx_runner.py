@@ -44,11 +44,9 @@ from avatar.deploy.onnx import (
     MANIFEST_NAME,
     MOTION_GRAPH,
     RENDERER_GRAPH,
-    AvatarGraph,
-    MotionChunkGraph,
-    RendererGraph,
     example_inputs,
     graph_io,
+    graph_modules,
 )
 from avatar.errors import ModelNotFoundError
 from avatar.models.checkpoint import weights_path
@@ -62,7 +60,7 @@ from avatar.pipelines.runner import (
     check_motion_inputs,
     check_render_inputs,
     check_rows,
-    to_uint8_frames_numpy,
+    to_uint8_frames,
 )
 from avatar.samplers.flow_matching import MAX_STUDENT_STEPS
 
@@ -375,7 +373,8 @@ class OnnxRunner:
         Raises:
             ModelInputError: codes of the wrong shape or dtype for the avatars.
         """
-        return to_uint8_frames_numpy(self.render_float(avatars, codes))
+        frames = to_uint8_frames(torch.from_numpy(self.render_float(avatars, codes)))
+        return np.ascontiguousarray(frames.numpy())
 
 
 def _export_folder(path: Path, options: OnnxRunnerOptions) -> Path:
@@ -462,11 +461,7 @@ def parity_report(
         ``{"avatar": d, "motion": d, "renderer": d}``, the worst over ``batches``; a
         healthy export is far below 1e-3.
     """
-    modules = {
-        AVATAR_GRAPH: AvatarGraph(gen),
-        MOTION_GRAPH: MotionChunkGraph(gen, runner.steps),
-        RENDERER_GRAPH: RendererGraph(gen),
-    }
+    modules = graph_modules(gen, runner.steps)
     worst = dict.fromkeys(GRAPHS, 0.0)
     with torch.no_grad():
         for i, b in enumerate(batches):

@@ -44,7 +44,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from avatar.errors import GeneratorError
 from avatar.models.chunk import chunk_audio, render_codes, sample_codes
 from avatar.models.errors import ModelConfigError, ModelInputError
 from avatar.samplers.chunks import ChunkLayout
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,10 +253,13 @@ def check_render_inputs(
     return b
 
 
-def to_uint8_frames_numpy(rgb: np.ndarray) -> np.ndarray:
-    """float [B, T, 3, S, S] in [-1, 1] → uint8 [B, T, S, S, 3] (the runners' rounding)."""
-    x = np.clip(np.rint((rgb.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-    return np.ascontiguousarray(np.moveaxis(x, 2, -1))
+def to_uint8_frames(rgb: Tensor) -> Tensor:
+    """float [B, T, 3, S, S] in [-1, 1] → uint8 [B, T, S, S, 3], on ``rgb``'s device: the
+    rounding every runner's ``render`` applies, ``clip(round((x + 1) · 127.5), 0, 255)``."""
+    import torch
+
+    x = ((rgb.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(0, 1, 3, 4, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,8 +553,6 @@ class TorchRunner:
 
     def render(self, avatars: Sequence[EncodedAvatar], codes: np.ndarray) -> np.ndarray:
         """Frames of codes [B, T, D] on each row's avatar: uint8 [B, T, S, S, 3]."""
-        import torch
-
         b = check_render_inputs(self.spec, avatars, codes)
         check_rows(self, avatars, "render")
         rows = self._rows(b)
@@ -557,8 +561,7 @@ class TorchRunner:
             n_kp = self.model.config.motion.n_kp
             code = self._tensor(codes, rows)
             rgb = render_codes(self._render_fn, n_kp, pyramid, ids, kp_src, code)
-            x = ((rgb.float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-            x = x.permute(0, 1, 3, 4, 2)[:b]
+            x = to_uint8_frames(rgb)[:b]
         return np.ascontiguousarray(x.cpu().numpy())
 
 
