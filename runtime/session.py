@@ -8,11 +8,12 @@ Stages (each an asyncio task owned by the session)::
                  (the audio is held until the generator's first frame of the segment)
     video task:  generator frames ─▶ media time ─▶ VideoOut.put; schedules the held audio
                  on AudioOut at the same media time, so lips and sound share one clock
+    consent task (a real person's face): re-asks the admission when the revocation
+                 epoch moves or the grant expires; a refusal withdraws the face
 
-Mapping the generator's clock to media time: when the first frame of a speech
-segment (generator pts ``P``) arrives, the segment is anchored at media time
-``T = max(now + LEAD, end of what is queued)``; its audio at offset ``o`` plays at
-``T + o`` and its frame with pts ``p`` shows at ``T + (p - P)``.
+Where a reply's audio and frames land in media time is decided by the pure
+:class:`runtime.segment_clock.SegmentClock`; the session applies its answers to the
+tracks. Latency stamps are kept by :class:`runtime.latency.TurnLatencies`.
 """
 
 from __future__ import annotations
@@ -22,40 +23,40 @@ import contextlib
 import json
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
 
 import numpy as np
 
+from avatar.base import AvatarGenerator
 from avatar.errors import AvatarError
 from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
-from consent.watermark import Watermark, payload_of
-from consent.watermark_key import WatermarkKey, key_dir
+from consent.watermark import payload_of
 from runtime import components
-from runtime.avatar_components import avatar_generator, generator_options
+from runtime.admission import Admission, AdmissionCheck, ConsentUse, hold_admission
+from runtime.animation import frame_stamp
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.dialogue.speak import speak_reply
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
 from runtime.inbound import inbound_audio
-from runtime.label import AiLabel, FrameStamp
+from runtime.latency import TimedBackend, TurnLatencies
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut
 from runtime.safety import DistressDetector
+from runtime.segment_clock import Segment, SegmentClock
 from voice.asr import WhisperASR
 from voice.errors import VoiceError
 from voice.tts.base import TTSBackend
 from voice.types import SpeechChunk
-from voice.vad import SpeechStarted, TurnEnded
+from voice.vad import SpeechStarted, TurnDetector, TurnEnded
 
-if TYPE_CHECKING:
-    from consent.gate import ConsentGate
+__all__ = ["ConsentUse", "Session", "SharedModels", "event_json"]  # ConsentUse: animation
 
 log = get_logger("likeness.session")
-LEAD_S = 0.06  # jitter margin between scheduling and playing
 # The video task sleeps when frames are mapped further ahead than this: idle frames stay
 # close to now (speech can take over at once); speaking frames may run further ahead.
 IDLE_AHEAD_S = 0.12
@@ -74,50 +75,6 @@ class SharedModels:
     avatar_engine: Any = None  # neural backend: the shared model (runtime.animation)
 
 
-@dataclass
-class ConsentUse:
-    """What a session showing a real person's face may do, and how to re-check it.
-
-    Call :meth:`check` before building the :class:`Session`: an allowed decision sets
-    :attr:`grant_id`, the grant whose id the session's frames carry in their watermark.
-    """
-
-    gate: ConsentGate
-    avatar_id: str
-    deployment: str
-    purpose: str
-    grant_id: str | None = field(default=None, compare=False)  # set by an allowed check()
-    expires_at: float = field(default=float("inf"), compare=False)  # that grant's expiry
-
-    def check(self) -> Any:
-        """The gate's decision now (blocking: database reads); remembers the grant used
-        and when it expires (an expiry moves no revocation epoch, so the session watches
-        the time too)."""
-        decision = self.gate.check(
-            avatar_id=self.avatar_id, deployment=self.deployment, purpose=self.purpose
-        )
-        if decision.allowed:
-            self.grant_id = decision.grant_id
-            if decision.grant_id is not None:
-                grant = self.gate.store.grant(decision.grant_id).grant
-                self.expires_at = grant.expires_at.timestamp()
-        return decision
-
-
-@dataclass
-class _Segment:
-    """A reply's speech as one generator segment."""
-
-    turn: int
-    chunks: list[tuple[float, SpeechChunk]] = field(default_factory=list)  # (offset, chunk)
-    length: float = 0.0  # seconds pushed so far
-    anchor: float | None = None  # media time of offset 0
-    first_pts: float = 0.0
-    sentences: list[tuple[float, str]] = field(default_factory=list)  # (offset, text)
-    generator_id: int | None = None  # the generator's segment number, once seen
-    done: bool = False  # the reply has no more audio to come
-
-
 class Session:
     """A live conversation. Build it, ``start()`` it with the inbound audio track,
     send ``audio_out``/``video_out`` to the peer, and ``close()`` it at the end.
@@ -125,12 +82,16 @@ class Session:
     Args:
         settings: the effective config.
         models: shared models.
-        avatar: the consent-approved (or synthetic) face to animate.
+        avatar: the admitted (or synthetic) face to animate.
+        generator: that face's generator (the session owns it from now on: it closes it).
         send_event: callable that sends one JSON-able event to the client.
         on_latency: called with each finished turn's TurnLatency (metrics).
         on_close: called with the session id once it closed (by itself or not).
-        consent: for a real person's face, the grant to re-check whenever the
-            revocation epoch moves; None for the synthetic face.
+        consent: for a real person's face, its admission (asked and allowed), re-asked
+            whenever the revocation epoch moves; None for the synthetic face.
+        clock: the media clock of both tracks (a fresh :class:`MediaClock` by default).
+        turn_detector: makes the session's end-of-turn detector (blocking: it loads
+            Silero; called in a worker thread). Default: ``components.load_turn_detector``.
     """
 
     def __init__(
@@ -138,10 +99,14 @@ class Session:
         settings: Settings,
         models: SharedModels,
         avatar: PreparedAvatar,
+        generator: AvatarGenerator,
         send_event: Callable[[dict[str, Any]], None],
+        *,
         on_latency: Callable[[TurnLatency], None] | None = None,
         on_close: Callable[[str], None] | None = None,
-        consent: ConsentUse | None = None,
+        consent: AdmissionCheck | None = None,
+        clock: MediaClock | None = None,
+        turn_detector: Callable[[], TurnDetector] | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.settings = settings
@@ -149,54 +114,46 @@ class Session:
         self.avatar = avatar
         self.person = f"session-{self.id}"
         self._send = send_event
-        self._on_latency = on_latency
         self._on_close = on_close
         self.consent = consent
+        self._turn_detector = turn_detector or partial(components.load_turn_detector, settings)
         self._withdrawn = False
-        options = generator_options(settings)
-        self.fps = options.fps
-        self.clock = MediaClock()
+        self.generator = generator
+        self.fps = generator.fps
+        self.clock = clock or MediaClock()
         self.audio_out = AudioOut(self.clock)
-        self.generator = avatar_generator(settings, avatar, models.avatar_engine)
-        self.label = AiLabel(options.size)  # every frame sent says what it is
-        # ... visibly, and invisibly: the grant id (or "synthetic") in a watermark.
-        self.stamp = FrameStamp(self.label, self._watermark(self._grant_id()))
+        # Every frame sent says what it is, visibly, and invisibly: the grant id (or
+        # "synthetic") in a watermark.
+        self.stamp = frame_stamp(settings, self._grant_id(), generator.size)
         self.video_out = VideoOut(
             self.clock, fps=self.fps, initial=self.stamp.apply(self._rest_image())
         )
-        self.audio_out.on_first_speech = self._audio_started
-        self.video_out.on_frame_sent = self._frame_sent
+        self.latencies = TurnLatencies(self.id, self._event, self._stats, on_latency)
+        self.audio_out.on_first_speech = self.latencies.audio_started
+        self.video_out.on_frame_sent = self.latencies.frame_sent
         self.conversation = components.conversation(
-            settings, _TimedBackend(models.dialogue, self._first_piece)
+            settings, TimedBackend(models.dialogue, self.latencies.first_piece)
         )
+        self.segments = SegmentClock(self.fps)
         self.state = "listening"
         self.closed = asyncio.Event()
-        self.last_media = time.monotonic()
+        self.last_media = 0.0  # event-loop time of the last inbound audio (set by start)
         self._tasks: set[asyncio.Task] = set()
         self._reply: asyncio.Task | None = None
-        self._segments: deque[_Segment] = deque()  # pushed, not yet anchored
-        self._current: _Segment | None = None  # anchored, playing
         self._turn = 0
-        self._latency: dict[int, TurnLatency] = {}
         self._generator_alive = True
         self._timers: list[asyncio.TimerHandle] = []  # reply captions due when spoken
 
     def _grant_id(self) -> str | None:
         """The grant the face is shown under (None: the synthetic avatar)."""
-        if self.consent is None:
+        face = self.consent.face if self.consent is not None else None
+        if face is None:
             if not self.avatar.synthetic:
-                raise ValueError("a real person's face needs a ConsentUse (consent=...)")
+                raise ValueError("a real person's face needs its admission (consent=...)")
             return None
-        if self.consent.grant_id is None:
-            raise ValueError("call ConsentUse.check() (and get an allowed decision) first")
-        return self.consent.grant_id
-
-    def _watermark(self, grant_id: str | None) -> Watermark | None:
-        """The invisible mark for ``grant_id`` (blocking: reads the key; ~5 ms)."""
-        if not self.settings.consent.watermark:
-            return None
-        key = WatermarkKey.load(key_dir(self.settings.data_dir))
-        return Watermark.make(key, grant_id, self.generator.size)
+        if face.grant_id is None:
+            raise ValueError("ask the admission (and get an allowed answer) first")
+        return face.grant_id
 
     def _rest_image(self) -> np.ndarray:
         """The face at rest, at the output size: shown until the first frame."""
@@ -212,10 +169,11 @@ class Session:
 
     def start(self, inbound_track: Any) -> None:
         """Start listening to ``inbound_track`` and producing video."""
+        self.last_media = asyncio.get_running_loop().time()
         self._spawn(self._listen(inbound_track), "listen")
         self._spawn(self._video(), "video")
         self._spawn(self._watchdog(), "watchdog")
-        if self.consent is not None:
+        if self.consent is not None and self.consent.face is not None:
             self._spawn(self._watch_consent(self.consent), "consent")
         self._event({"type": "state", "state": "listening"})
 
@@ -259,44 +217,19 @@ class Session:
         if self._on_close is not None:
             self._on_close(self.id)
 
-    async def _watch_consent(self, consent: ConsentUse) -> None:
-        """Poll the revocation epoch; when it moves or the grant expires, re-check and
-        withdraw if refused."""
+    async def _watch_consent(self, consent: AdmissionCheck) -> None:
+        """The face's use, audited; re-asked when the epoch moves or the grant expires."""
         every = self.settings.consent.recheck_ms / 1000
-        seen = await asyncio.to_thread(consent.gate.epoch)
-        await asyncio.to_thread(
-            consent.gate.record_use,
-            "use_start",
-            avatar_id=consent.avatar_id,
-            deployment=consent.deployment,
-            session=self.id,
-        )
-        try:
-            while not self.closed.is_set():
-                await asyncio.sleep(every)
-                epoch = await asyncio.to_thread(consent.gate.epoch)
-                if epoch == seen and time.time() < consent.expires_at:
-                    continue
-                seen = epoch
-                decision = await asyncio.to_thread(consent.check)
-                if not decision.allowed:
-                    await self.withdraw(decision.reason)
-                    return
-                mark = self.stamp.watermark
-                if mark is not None and payload_of(decision.grant_id) != mark.payload:
-                    # Still allowed, under another grant: the frames now carry that one.
-                    self.stamp.watermark = await asyncio.to_thread(
-                        self._watermark, decision.grant_id
-                    )
-        finally:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(
-                    consent.gate.record_use,
-                    "use_end",
-                    avatar_id=consent.avatar_id,
-                    deployment=consent.deployment,
-                    session=self.id,
-                )
+        await hold_admission(consent, self.id, every, self._follow_grant, self.withdraw)
+
+    def _follow_grant(self, admission: Admission) -> None:
+        """Still allowed, maybe under another grant: from now on the frames carry the
+        grant in use (called in a worker thread; the swap is one assignment)."""
+        mark = self.stamp.watermark
+        if mark is not None and payload_of(admission.grant_id) != mark.payload:
+            self.stamp.watermark = frame_stamp(
+                self.settings, admission.grant_id, self.generator.size
+            ).watermark
 
     async def withdraw(self, reason: str) -> None:
         """Permission is gone: not one more frame of the face, no more voice; end."""
@@ -309,9 +242,10 @@ class Session:
 
     async def _watchdog(self) -> None:
         timeout = self.settings.server.media_timeout_s
+        loop = asyncio.get_running_loop()
         while not self.closed.is_set():
             await asyncio.sleep(1.0)
-            if time.monotonic() - self.last_media > timeout:
+            if loop.time() - self.last_media > timeout:
                 log.warning("no media from client", session=self.id, timeout_s=timeout)
                 self._spawn(self.close("no media"), "close")
                 return
@@ -324,6 +258,9 @@ class Session:
         except Exception as err:  # noqa: BLE001 - a dead channel must not kill the session
             log.debug("event not sent", session=self.id, error=str(err))
 
+    def _stats(self) -> dict[str, Any]:
+        return {"video": asdict(self.video_out.stats), "audio": asdict(self.audio_out.stats)}
+
     def _set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state
@@ -332,11 +269,12 @@ class Session:
     # ------------------------------------------------------------------ listening
 
     async def _listen(self, track: Any) -> None:
-        detector = components.load_turn_detector(self.settings)
+        detector = await asyncio.to_thread(self._turn_detector)  # loads Silero: off the loop
+        loop = asyncio.get_running_loop()
 
         async def audio():
             async for chunk in inbound_audio(track):
-                self.last_media = time.monotonic()
+                self.last_media = loop.time()
                 yield chunk
 
         async for event in detector.run(audio()):
@@ -357,13 +295,9 @@ class Session:
             await self.barge_in()
         self._turn += 1
         number = self._turn
-        latency = TurnLatency(turn=number, voice_end=turn.detected_at)
         self._set_state("thinking")
         heard = await self.models.asr.transcribe(turn.audio)
-        latency = _stamp(latency, "transcript")
-        self._latency[number] = latency
-        for old in [t for t in self._latency if t < number - 4]:
-            del self._latency[old]  # a long session keeps only recent turns
+        self.latencies.begin(number, turn.detected_at, time.monotonic())
         if not heard.text.strip():
             self._set_state("listening")
             return
@@ -385,19 +319,20 @@ class Session:
     # ------------------------------------------------------------------ speaking
 
     async def _answer(self, turn: int, text: str) -> None:
-        segment = _Segment(turn=turn)
-        self._segments.append(segment)
-
+        segment = self.segments.open(turn)
+        # aclosing: a cancel that lands in _push (not inside speak_reply) still stops
+        # the LLM and stores the reply before barge_in trims it to what was heard.
+        reply = speak_reply(self.conversation, self.models.tts, self.person, text)
         try:
-            async for _n, sentence, chunk in speak_reply(
-                self.conversation, self.models.tts, self.person, text
-            ):
-                await self._push(segment, sentence, chunk)
+            async with contextlib.aclosing(reply) as spoken:
+                async for _n, sentence, chunk in spoken:
+                    await self._push(segment, sentence, chunk)
         except (LikenessError, VoiceError) as err:
             log.error("reply failed", session=self.id, error=str(err))
             self._event({"type": "error", "message": "the reply failed; apologising"})
-            async for chunk in self.models.tts.synthesize(APOLOGY):
-                await self._push(segment, APOLOGY, chunk)
+            async with contextlib.aclosing(self.models.tts.synthesize(APOLOGY)) as chunks:
+                async for chunk in chunks:
+                    await self._push(segment, APOLOGY, chunk)
         segment.done = True
         await self.generator.flush()
         if segment.anchor is not None:
@@ -405,48 +340,37 @@ class Session:
         elif not self._generator_alive:
             self._anchor(segment, 0.0)
 
-    def _finish_audio(self, segment: _Segment) -> None:
+    def _finish_audio(self, segment: Segment) -> None:
         """The reply's audio is complete: flush the track's resampler (no underrun)."""
         rate = segment.chunks[-1][1].sample_rate if segment.chunks else 48_000
         self.audio_out.schedule(np.zeros(0, np.float32), rate, at=None, last=True)
 
-    async def _push(self, segment: _Segment, sentence: str, chunk: SpeechChunk) -> None:
-        latency = self._latency.get(segment.turn)
-        if latency is not None and latency.first_audio is None:
-            self._latency[segment.turn] = _stamp(latency, "first_audio")
-        new_sentence = not segment.sentences or segment.sentences[-1][1] != sentence
-        if new_sentence:
-            segment.sentences.append((segment.length, sentence))
-        segment.chunks.append((segment.length, chunk))
-        offset = segment.length
-        segment.length += chunk.duration
-        if segment.anchor is not None:  # continues the segment's run seamlessly
+    async def _push(self, segment: Segment, sentence: str, chunk: SpeechChunk) -> None:
+        self.latencies.mark("first_audio", turn=segment.turn)
+        pushed = self.segments.push(segment, sentence, chunk)
+        if pushed.play_now:  # continues the segment's run seamlessly
             self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=None)
-            if new_sentence:
-                self._reply_at(segment.anchor + offset, sentence)
+            if pushed.caption is not None:
+                self._caption(*pushed.caption)
         if self._generator_alive:
             await self.generator.push_audio(chunk.pcm, chunk.sample_rate, chunk.timings)
         elif segment.anchor is None:
             self._anchor(segment, 0.0)
 
-    def _anchor(self, segment: _Segment, first_pts: float) -> None:
+    def _anchor(self, segment: Segment, first_pts: float) -> None:
         """Fix the segment's media time and schedule the audio held so far."""
-        start = max(self.clock.now() + LEAD_S, self.audio_out.queued_until)
-        segment.anchor = self.video_out.next_slot(start)
-        segment.first_pts = first_pts
-        self.video_out.clear_after(segment.anchor - 1e-3)  # idle frames queued past it go
-        with contextlib.suppress(ValueError):
-            self._segments.remove(segment)
-        self._current = segment
-        for i, (_offset, chunk) in enumerate(segment.chunks):
-            at = segment.anchor if i == 0 else None
-            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=at)
-        if segment.done:
+        plan = self.segments.anchor(
+            segment, first_pts, self.clock.now(), self.audio_out.queued_until
+        )
+        self.video_out.clear_after(plan.at - 1e-3)  # idle frames queued past it go
+        for i, chunk in enumerate(plan.held):
+            self.audio_out.schedule(chunk.pcm, chunk.sample_rate, at=plan.at if i == 0 else None)
+        if plan.finished:
             self._finish_audio(segment)
-        for offset, text in segment.sentences:
-            self._reply_at(segment.anchor + offset, text)
+        for media_time, text in plan.captions:
+            self._caption(media_time, text)
 
-    def _reply_at(self, media_time: float, text: str) -> None:
+    def _caption(self, media_time: float, text: str) -> None:
         """Send a reply sentence (and the speaking state) when its audio starts playing."""
 
         def send() -> None:
@@ -470,12 +394,12 @@ class Session:
                 at = max(now, next_free)
                 tag: int | None = None  # the turn of a speaking frame
                 if frame.speaking:
-                    segment = self._segment_for(frame)
+                    segment = self.segments.segment_for(frame.segment)
                     if segment is not None:
                         if segment.anchor is None:
                             self._anchor(segment, frame.pts)
                         tag = segment.turn
-                        at = segment.anchor + (frame.pts - segment.first_pts)
+                        at = segment.frame_time(frame.pts)
                 if self._withdrawn:
                     return
                 self.video_out.put(self.stamp.apply(frame.image), at, tag)
@@ -495,19 +419,8 @@ class Session:
             self._generator_alive = False
             log.error("avatar generator failed; audio only", session=self.id, error=str(err))
             self._event({"type": "error", "message": "the face stopped; audio continues"})
-            for segment in list(self._segments):
+            for segment in self.segments.pending:
                 self._anchor(segment, 0.0)
-
-    def _segment_for(self, frame: VideoFrame) -> _Segment | None:
-        """The reply a speaking frame belongs to (replies become segments in order)."""
-        current = self._current
-        if current is not None and frame.segment == current.generator_id:
-            return current
-        if self._segments:
-            segment = self._segments[0]
-            segment.generator_id = frame.segment
-            return segment
-        return current
 
     # ------------------------------------------------------------------ barge-in
 
@@ -525,102 +438,10 @@ class Session:
         heard_until = self.audio_out.clear()
         self.video_out.clear_after(self.clock.now())
         await self.generator.clear_buffer()
-        segment = self._current or (self._segments[0] if self._segments else None)
-        self._segments.clear()
-        self._current = None
-        heard = _heard_text(segment, heard_until) if segment is not None else ""
+        heard = self.segments.interrupt(heard_until)
         self.conversation.record_played(self.person, heard)
         self._event({"type": "interrupted", "heard": heard})
         self._set_state("listening")
-
-    # ------------------------------------------------------------------ latency
-
-    def _first_piece(self) -> None:
-        latency = self._latency.get(self._turn)
-        if latency is not None and latency.first_token is None:
-            self._latency[self._turn] = _stamp(latency, "first_token")
-
-    def _audio_started(self, media_time: float, wall: float) -> None:
-        self._mark_first("first_audio_sent", wall)
-
-    def _frame_sent(self, tag: Any, media_time: float, wall: float) -> None:
-        if tag is not None:
-            self._mark_first("first_video_sent", wall, turn=tag)
-
-    def _mark_first(self, stage: str, wall: float, turn: int | None = None) -> None:
-        number = turn if turn is not None else self._turn
-        latency = self._latency.get(number)
-        if latency is None or getattr(latency, stage) is not None:
-            return
-        latency = _replace(latency, stage, wall)
-        self._latency[number] = latency
-        if latency.first_audio_sent is not None and latency.first_video_sent is not None:
-            stages = latency.stages_ms()
-            self._event(
-                {
-                    "type": "metrics",
-                    "turn": number,
-                    "stages_ms": stages,
-                    "video": asdict(self.video_out.stats),
-                    "audio": asdict(self.audio_out.stats),
-                }
-            )
-            log.info(
-                "turn latency",
-                session=self.id,
-                turn=number,
-                **{k: round(v, 1) for k, v in stages.items()},
-            )
-            if self._on_latency is not None:
-                self._on_latency(latency)
-
-
-class _TimedBackend:
-    """A session's view of the shared LLM backend that reports each reply's first piece."""
-
-    def __init__(self, backend: DialogueBackend, on_first: Callable[[], None]) -> None:
-        self._backend = backend
-        self._on_first = on_first
-        self.name = backend.name
-
-    async def stream(self, messages: Any, options: Any) -> Any:
-        first = True
-        async with contextlib.aclosing(self._backend.stream(messages, options)) as pieces:
-            async for piece in pieces:
-                if first:
-                    first = False
-                    self._on_first()
-                yield piece
-
-    async def aclose(self) -> None:
-        """The shared backend outlives the session: nothing to close here."""
-
-
-def _stamp(latency: TurnLatency, stage: str) -> TurnLatency:
-    return _replace(latency, stage, time.monotonic())
-
-
-def _replace(latency: TurnLatency, stage: str, value: float) -> TurnLatency:
-    from dataclasses import replace
-
-    return replace(latency, **{stage: value})
-
-
-def _heard_text(segment: _Segment, heard_until: float) -> str:
-    """The reply's words that were played before ``heard_until`` (media time)."""
-    if segment.anchor is None:
-        return ""
-    played = heard_until - segment.anchor
-    words: list[str] = []
-    sentences = segment.sentences
-    for i, (start, text) in enumerate(sentences):
-        if played <= start:
-            break
-        end = sentences[i + 1][0] if i + 1 < len(sentences) else segment.length
-        share = min(1.0, (played - start) / max(end - start, 1e-6))
-        parts = text.split()
-        words += parts[: int(round(len(parts) * share))]
-    return " ".join(words)
 
 
 def event_json(message: dict[str, Any]) -> str:
