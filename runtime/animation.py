@@ -43,7 +43,7 @@ from voice.types import Timing
 if TYPE_CHECKING:
     from avatar.pipelines.scheduler import BatchScheduler
     from consent.gate import ConsentGate
-    from runtime.session import ConsentUse
+    from runtime.admission import ConsentUse
 
 CLI_DEPLOYMENT = "cli"  # the grant deployment of the command line
 OFFLINE_VIDEO = "offline-video"  # grant purpose: ``likeness animate``
@@ -101,7 +101,7 @@ class FacePermit:
         if avatar.synthetic:
             return cls(use=use)
         from consent.portal import deployment_allows
-        from runtime.session import ConsentUse
+        from runtime.admission import ConsentUse
 
         gate = components.consent_gate(settings)
         try:
