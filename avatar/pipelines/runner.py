@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -80,20 +80,15 @@ class RunnerSpec(ChunkLayout):
 
     @classmethod
     def from_config(cls, config: Any) -> RunnerSpec:
-        """The spec of an ``avatar.models.GeneratorConfig``."""
-        d, a = config.dit, config.audio
+        """The spec of an ``avatar.models.GeneratorConfig`` (its chunk layout is the
+        sampler's own :meth:`ChunkLayout.from_config`)."""
         return cls(
+            **asdict(ChunkLayout.from_config(config)),
             image_size=config.image_size,
             code_dim=config.code_dim,
-            chunk_frames=d.chunk_frames,
-            context_frames=d.context_frames,
-            lookahead_frames=d.lookahead_frames,
-            audio_context_frames=config.audio_context_frames,
-            mel_per_frame=a.mel_per_frame,
-            n_mels=a.n_mels,
-            n_visemes=a.n_visemes,
+            n_visemes=config.audio.n_visemes,
             fps=float(config.fps),
-            student=bool(d.guidance_embed),
+            student=bool(config.dit.guidance_embed),
         )
 
     @property
