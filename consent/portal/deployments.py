@@ -153,6 +153,8 @@ def save_deployment(
         s.add_all([DeploymentAvatar(deployment=name, avatar_id=a) for a in ids])
         s.flush()
         info = _info(s, row)
+    # A live session of a face taken off the list must end now, not at the next revoke.
+    store.move_epoch("deployment list")
     store.append_audit(
         by,
         "deployment",
@@ -174,6 +176,7 @@ def delete_deployment(store: ConsentStore, name: str, *, by: str) -> None:
         gone = s.execute(delete(Deployment).where(Deployment.name == name)).rowcount
     if gone != 1:
         raise PortalError(404, f"no deployment called {name[:80]!r}")
+    store.move_epoch("deployment list")
     store.append_audit(by, "deployment", None, {"action": "deleted", "name": name})
 
 

@@ -182,6 +182,13 @@ class StoreBase:
         with self._guard("epoch"), self._engine.connect() as conn:
             return int(conn.execute(select(State.epoch).where(State.id == 1)).scalar_one())
 
+    def move_epoch(self, what: str) -> int:
+        """Move the revocation epoch without a revoke, so every live session asks its
+        admission again (a deployment's list of faces changed); returns the new epoch."""
+        with self._write(what) as (_s, state):
+            state.epoch += 1
+            return int(state.epoch)
+
     def append_audit(
         self,
         actor: str,

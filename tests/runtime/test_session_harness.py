@@ -250,3 +250,32 @@ def test_an_unlisted_face_is_refused_by_the_same_admission(tmp_path, granted):
     refused = check()
     assert (refused.allowed, refused.status) == (False, 403)
     assert refused.reason == "deployment 'kiosk' is not set up to show this face"
+
+
+def test_a_face_taken_off_the_deployment_list_is_withdrawn_within_one_recheck(tmp_path, granted):
+    """The operator saves the kiosk's list without the face while it is shown: the
+    grant still holds, but the session ends within one re-check, as for a revoke."""
+    from consent.portal.deployments import save_deployment
+
+    gate, world, grant, face = granted
+    save_deployment(
+        gate.store, name="kiosk", description="", avatars=[face.id], by="op", create=True
+    )
+
+    async def scenario(clock):
+        check = admission_for(gate, face)
+        async with Harness(clock, tmp_path, avatar=face, consent=check, config=CONSENT) as h:
+            await h.until(1.0)
+            removed = clock.t
+            save_deployment(
+                gate.store, name="kiosk", description="", avatars=[], by="op", create=False
+            )
+            await h.wait_for("state", state="ended")
+            return h, removed
+
+    h, removed = run(scenario)
+    ended, message = h.first("state", state="ended")
+    assert message["reason"] == "permission withdrawn"
+    assert removed < ended <= removed + 0.2 + 1e-9, f"ended {ended - removed:.3f} s after"
+    assert [(t, s) for t, s in h.sinks.video if t > ended + 1e-6] == [], "a frame after the end"
+
