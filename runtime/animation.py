@@ -30,13 +30,11 @@ import numpy as np
 from avatar.export import write_landmarks, write_mp4
 from avatar.procedural.generator import render_clip
 from avatar.types import PreparedAvatar, VideoFrame
-from consent.watermark import Watermark
-from consent.watermark_key import WatermarkKey, key_dir
 from runtime import components
 from runtime.avatar_components import generator_options, load_avatar_engine, neural_options
 from runtime.config import Settings
 from runtime.errors import InputError
-from runtime.label import AiLabel, FrameStamp
+from runtime.label import frame_stamp
 from voice.audio import read_audio
 from voice.types import Timing
 
@@ -172,18 +170,6 @@ class FacePermit:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def frame_stamp(settings: Settings, grant_id: str | None, size: int) -> FrameStamp:
-    """Both marks a session puts on every frame, for ``size``-square frames: the visible
-    "AI-generated" label, then (with ``consent.watermark``) the invisible watermark of
-    ``grant_id`` (None: "synthetic"). Blocking: reads or creates the data dir's
-    watermark key (~5 ms)."""
-    watermark = None
-    if settings.consent.watermark:
-        key = WatermarkKey.load(key_dir(settings.data_dir))
-        watermark = Watermark.make(key, grant_id, size)
-    return FrameStamp(AiLabel(size), watermark)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -34,7 +34,7 @@ from runtime.avatar_components import (
 from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
-from runtime.session import Session, SharedModels, event_json
+from runtime.session import Session, SharedModels
 from voice.errors import VoiceError
 
 if TYPE_CHECKING:
@@ -428,3 +428,8 @@ class Companion:
         await session.close(reason)
         await pc.close()
         self.metrics.sessions.set(len(self.sessions))
+
+
+def event_json(message: dict[str, Any]) -> str:
+    """Serialise an event for the data channel."""
+    return json.dumps(message, separators=(",", ":"))

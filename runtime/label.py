@@ -8,10 +8,13 @@ puts both marks on a frame in one place: the label, then the invisible watermark
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from runtime.config import Settings
 
 TEXT = "AI-generated"
 
@@ -83,3 +86,18 @@ class FrameStamp:
         if self.watermark is not None:
             self.watermark.apply(out)
         return out
+
+
+def frame_stamp(settings: Settings, grant_id: str | None, size: int) -> FrameStamp:
+    """Both marks a session puts on every frame, for ``size``-square frames: the visible
+    "AI-generated" label, then (with ``consent.watermark``) the invisible watermark of
+    ``grant_id`` (None: "synthetic"). Blocking: reads or creates the data dir's
+    watermark key (~5 ms)."""
+    from consent.watermark import Watermark
+    from consent.watermark_key import WatermarkKey, key_dir
+
+    watermark = None
+    if settings.consent.watermark:
+        key = WatermarkKey.load(key_dir(settings.data_dir))
+        watermark = Watermark.make(key, grant_id, size)
+    return FrameStamp(AiLabel(size), watermark)

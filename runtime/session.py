@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,14 +34,14 @@ from avatar.errors import AvatarError
 from avatar.types import EndOfSegment, PreparedAvatar, VideoFrame
 from consent.watermark import payload_of
 from runtime import components
-from runtime.admission import Admission, AdmissionCheck, ConsentUse, hold_admission
-from runtime.animation import frame_stamp
+from runtime.admission import Admission, AdmissionCheck, hold_admission
 from runtime.config import Settings
 from runtime.dialogue.base import DialogueBackend
 from runtime.dialogue.speak import speak_reply
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
 from runtime.inbound import inbound_audio
+from runtime.label import frame_stamp
 from runtime.latency import TimedBackend, TurnLatencies
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut
@@ -54,7 +53,10 @@ from voice.tts.base import TTSBackend
 from voice.types import SpeechChunk
 from voice.vad import SpeechStarted, TurnDetector, TurnEnded
 
-__all__ = ["ConsentUse", "Session", "SharedModels", "event_json"]  # ConsentUse: animation
+if TYPE_CHECKING:
+    from avatar.pipelines.scheduler import BatchScheduler
+
+__all__ = ["Session", "SharedModels"]
 
 log = get_logger("likeness.session")
 # The video task sleeps when frames are mapped further ahead than this: idle frames stay
@@ -72,7 +74,7 @@ class SharedModels:
     tts: TTSBackend
     dialogue: DialogueBackend
     detector: DistressDetector | None
-    avatar_engine: Any = None  # neural backend: the shared model (runtime.animation)
+    avatar_engine: BatchScheduler | None = None  # the shared neural model, if any
 
 
 class Session:
@@ -442,8 +444,3 @@ class Session:
         self.conversation.record_played(self.person, heard)
         self._event({"type": "interrupted", "heard": heard})
         self._set_state("listening")
-
-
-def event_json(message: dict[str, Any]) -> str:
-    """Serialise an event for the data channel."""
-    return json.dumps(message, separators=(",", ":"))
