@@ -15,6 +15,24 @@ import pytest
 from voice.audio import read_audio, resample
 from voice.types import AudioChunk
 
+# One set of numeric kernels on every x86-64 machine with AVX2, whatever else its CPU
+# has: PyTorch's vectorised loops, MKL's GEMMs (conditional numerical reproducibility)
+# and oneDNN's JIT all stop at AVX2, so the training tests see the same arithmetic on
+# the project's machines, on CI and on a new user's. A variable the user set is kept.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Pin the CPU kernels before any test module imports torch."""
+    import os
+    import sys
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    if "torch" in sys.modules or " avx2" not in flags:
+        return  # too late to take effect, or a CPU (not x86-64 with AVX2) they do not fit
+    for name, value in CPU_KERNELS.items():
+        os.environ.setdefault(name, value)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch) -> Iterator[Path]:
