@@ -102,6 +102,12 @@ def synth_corpus(
     ] = 8.0,
     size: Annotated[int, typer.Option(min=64, max=2048, help="frame height, px (even)")] = 256,
     seed: Annotated[int, typer.Option(help="faces, sentences, voices and drift")] = 0,
+    crf: Annotated[
+        int,
+        typer.Option(
+            min=0, max=51, help="H.264 quality: 0 lossless (the same clips on every machine)"
+        ),
+    ] = 0,
 ) -> None:
     """Synthetic talking clips (mp4 + landmarks + JSON) for tests and demos; existing
     clips are kept, so a rerun finishes an interrupted one."""
@@ -120,6 +126,7 @@ def synth_corpus(
             seed,
             speak,
             on_clip=lambda done, _: progress.update(task, completed=done),
+            crf=crf,
         )
     frames = sum(c.frames for c in written)
     _say(f"wrote {len(written)} synthetic clips ({frames} frames at 25 fps) to {out}")

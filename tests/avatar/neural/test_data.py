@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 
+import av
 import numpy as np
 import pytest
 
@@ -67,6 +70,30 @@ def _tree_digest(out):
         for name, tensor in sorted(read_shard(path).items()):
             digest.update(name.encode() + tensor.tobytes())
     return digest.hexdigest()
+
+
+def _one_clip_frames(folder: str) -> list[np.ndarray]:
+    """A one-clip corpus made in this (fresh) interpreter, decoded."""
+    (clip,) = make_synthetic_corpus(folder, 1, 1.0, HEIGHT, seed=3, speak=espeak_speaker())
+    return list(iter_frames(clip.video))
+
+
+def test_synthetic_corpus_is_lossless_and_repeats(tmp_path):
+    """The default corpus is lossless H.264 (a lossy encode follows x264's thread count,
+    so it could not be the same on every machine): the same seed, made in two fresh
+    interpreters (eSpeak NG carries state within one), decodes to the same frames. A
+    quality outside 0..51 is refused in plain words."""
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
+        first = fresh.submit(_one_clip_frames, str(tmp_path / "a")).result()
+    with ProcessPoolExecutor(1, mp_context=spawn) as fresh:
+        second = fresh.submit(_one_clip_frames, str(tmp_path / "b")).result()
+    assert len(first) == len(second) == 25
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    with av.open(str(tmp_path / "a" / "clip_00000.mp4")) as container:
+        assert container.streams.video[0].codec_context.profile == "High 4:4:4 Predictive"
+    with pytest.raises(ValueError, match="crf must be in 0..51"):
+        make_synthetic_corpus(tmp_path / "c", 1, 1.0, HEIGHT, seed=0, speak=None, crf=60)
 
 
 def test_synthetic_corpus_is_talking_clips_with_ground_truth(corpus):
