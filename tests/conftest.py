@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import sys
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,20 +20,27 @@ from voice.types import AudioChunk
 # One set of numeric kernels on every x86-64 machine with AVX2, whatever else its CPU
 # has: PyTorch's vectorised loops, MKL's GEMMs (conditional numerical reproducibility)
 # and oneDNN's JIT all stop at AVX2, so the training tests see the same arithmetic on
-# the project's machines, on CI and on a new user's. A variable the user set is kept.
+# the project's machines, on CI and on a new user's. This is the first conftest pytest
+# loads, so this runs before any conftest or test module imports torch (a
+# pytest_configure hook would run too late: the conftests beside the tests load first).
 CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """Pin the CPU kernels before any test module imports torch."""
+def _pin_cpu_kernels() -> None:
+    """Set :data:`CPU_KERNELS` (a variable the user set is kept; other CPUs are left alone)."""
     import os
-    import sys
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    if "torch" in sys.modules or " avx2" not in flags:
-        return  # too late to take effect, or a CPU (not x86-64 with AVX2) they do not fit
+    cpuinfo = Path("/proc/cpuinfo")
+    if " avx2" not in (cpuinfo.read_text() if cpuinfo.is_file() else ""):
+        return
+    if "torch" in sys.modules:
+        warnings.warn("torch imported before tests/conftest.py: kernels not pinned", stacklevel=1)
+        return
     for name, value in CPU_KERNELS.items():
         os.environ.setdefault(name, value)
+
+
+_pin_cpu_kernels()
 
 
 @pytest.fixture(autouse=True)
