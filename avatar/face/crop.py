@@ -18,8 +18,13 @@ warped into the frame. Outside the crop's footprint the weight is exactly 0.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from avatar.types import PreparedAvatar
 
 
 def raw_boxes(landmarks: np.ndarray, scale: float = 1.8, shift: float = -0.08) -> np.ndarray:
@@ -131,3 +136,15 @@ def paste_alpha(
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     mask = feather_mask(size, feather_px)
     return cv2.warpAffine(mask, matrix, frame_size, flags=flags, borderValue=0.0)
+
+
+def fit_avatar(avatar: PreparedAvatar, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The avatar's image resized to ``size`` square and its landmarks scaled alike."""
+    image = np.ascontiguousarray(avatar.image[..., :3], dtype=np.uint8)
+    h, w = image.shape[:2]
+    landmarks = np.asarray(avatar.landmarks, np.float32).copy()
+    if (h, w) != (size, size):
+        interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_CUBIC
+        image = cv2.resize(image, (size, size), interpolation=interp)
+        landmarks *= np.array([size / w, size / h], np.float32)
+    return image, landmarks

@@ -18,8 +18,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from avatar.face.crop import crop_frame, crop_matrix, feather_width, paste_alpha, raw_boxes
-from avatar.procedural.renderer import fit_avatar
+from avatar.face.crop import (
+    crop_frame,
+    crop_matrix,
+    feather_width,
+    fit_avatar,
+    paste_alpha,
+    raw_boxes,
+)
 from avatar.types import PreparedAvatar
 
 

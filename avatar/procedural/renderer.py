@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar.face.crop import fit_avatar
 from avatar.procedural.eyes import LidPainter
 from avatar.procedural.motion import MotionModel
 from avatar.procedural.mouth import MouthPainter
@@ -41,18 +42,6 @@ class RenderedFrame:
     image: np.ndarray
     landmarks: np.ndarray
     mouth_open: float
-
-
-def fit_avatar(avatar: PreparedAvatar, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The avatar's image resized to ``size`` square and its landmarks scaled alike."""
-    image = np.ascontiguousarray(avatar.image[..., :3], dtype=np.uint8)
-    h, w = image.shape[:2]
-    landmarks = np.asarray(avatar.landmarks, np.float32).copy()
-    if (h, w) != (size, size):
-        interp = cv2.INTER_AREA if max(h, w) > size else cv2.INTER_CUBIC
-        image = cv2.resize(image, (size, size), interpolation=interp)
-        landmarks *= np.array([size / w, size / h], np.float32)
-    return image, landmarks
 
 
 class FrameRenderer:

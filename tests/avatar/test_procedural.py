@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from avatar.face.crop import fit_avatar
 from avatar.procedural import (
     ProceduralGenerator,
     ProceduralOptions,
@@ -30,7 +31,6 @@ from avatar.procedural import (
     render_clip,
 )
 from avatar.procedural.bench import bench_procedural, speech_like_audio
-from avatar.procedural.renderer import fit_avatar
 from avatar.procedural.visemes import VisemeTrack, phoneme_shapes, word_sounds
 from avatar.procedural.warp import OUTLINES, FaceMesh, face_region
 from avatar.synthetic import make_demo_avatar
