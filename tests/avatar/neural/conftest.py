@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from avatar.models import DualBranchGenerator, GeneratorConfig
 from tests.avatar.neural.helpers import make_generator
@@ -23,3 +24,13 @@ def gen(tiny) -> DualBranchGenerator:
 def student(tiny) -> DualBranchGenerator:
     """A tiny student generator (say-weight embedding)."""
     return make_generator(tiny.as_student(), seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """2 shared cores: one torch thread is several times faster than two here (use it
+    per module: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

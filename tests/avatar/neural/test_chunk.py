@@ -33,13 +33,7 @@ SAY = (1.5, 0.5)
 CPU = TorchRunnerOptions(device="cpu", steps=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """2 shared cores: one torch thread is several times faster than two here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _avatars(runner: TorchRunner, batch: int = 2) -> list[EncodedAvatar]:
