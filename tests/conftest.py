@@ -38,6 +38,12 @@ def _pin_cpu_kernels() -> None:
         return
     for name, value in CPU_KERNELS.items():
         os.environ.setdefault(name, value)
+    # Inductor's cache does not tell kernels built for AVX-512 from AVX2 ones: one built
+    # by an unpinned run and loaded here fails ("tuple args required"). Its own folder.
+    import tempfile
+
+    own = Path(tempfile.gettempdir()) / f"torchinductor_likeness_tests_{os.getuid()}_avx2"
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(own))
 
 
 _pin_cpu_kernels()
