@@ -46,6 +46,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from avatar.models.audio_encoder import SILENCE_LOG_MEL
+from avatar.models.chunk import chunk_audio
 from avatar.models.generator import DualBranchGenerator
 from avatar.samplers.chunks import ChunkLayout
 from avatar.samplers.flow_matching import condition_dropout, flow_matching_pair
@@ -364,9 +365,8 @@ def motion_velocity(
     context_noise: Tensor | None = None,
 ) -> Tensor:
     """The transformer's velocity for a batch of chunks (normalised units), with the
-    audio window encoded as :func:`~avatar.samplers.chunks.sample_chunk` does."""
-    lay = model.config.dit
-    audio = model.audio_encoder(batch["mel"])[:, -(lay.context_frames + lay.chunk_frames) :]
+    audio window encoded as every sampler path does (:func:`avatar.models.chunk.chunk_audio`)."""
+    audio = chunk_audio(model, batch["mel"])
     context = model.motion_dit.normalize(batch["context"])
     if context_noise is not None:
         context = context + context_noise
