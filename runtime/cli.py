@@ -420,6 +420,29 @@ def bench_session(
         )
 
 
+@bench_app.command("turns")
+@handle_errors
+def bench_turns(
+    turns: Annotated[int, typer.Option(min=1, max=16, help="questions in one session")] = 12,
+    runs: Annotated[int, typer.Option(min=1, max=20, help="fresh servers, one session each")] = 1,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
+) -> None:
+    """Turn latency per turn index at the client: the first turn of a fresh server vs later."""
+    from runtime.bench_turns import bench_turns as run
+
+    state.load()
+    result = run(turns, runs=runs, url=url)
+    write_bench("turns", result, json_path)
+    for row in result["per_turn"]:
+        err_console.print(
+            f"turn {row['turn']:2d}: end of speech → first reply audio at the client "
+            f"{row.get('client_first_audio_p50_ms', float('nan')):.0f} ms (p50)",
+            markup=False,
+            highlight=False,
+        )
+
+
 def main() -> None:
     """Entry point of the ``likeness`` script."""
     try:
