@@ -47,7 +47,8 @@ QUESTIONS = (
     "Good night, and thank you for the talk.",
 )
 _AUDIBLE_RMS = 0.01  # received audio louder than this is the companion speaking
-_QUIET_S = 1.2  # a reply is over once the received audio stayed quiet this long
+_QUIET_S = 2.5  # a reply is over once the received audio stayed quiet this long (a loaded
+# 2-core machine may take over a second to write the next sentence: 1.2 s cut replies)
 
 
 async def synthesize(texts: tuple[str, ...]) -> list[AudioChunk]:
@@ -94,15 +95,17 @@ async def converse(
             ends_seen = len(client.mic.speech_ends)
             client.mic.say(speech.pcm, speech.sample_rate)
             deadline = time.monotonic() + reply_timeout_s
-            while time.monotonic() < deadline:
+            heard = spoke_until = None
+            while time.monotonic() < deadline:  # the server's stamps, then the audio itself
                 replied = len(client.got.of_type("metrics")) > metrics_seen
-                if replied and len(client.mic.speech_ends) > ends_seen:
+                if len(client.mic.speech_ends) > ends_seen:
+                    spoke_until = client.mic.speech_ends[ends_seen]
+                    heard = _first_audible(client, spoke_until)
+                if replied and heard is not None:
                     break
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
             row: dict[str, Any] = {"turn": index}
-            if len(client.mic.speech_ends) > ends_seen:
-                spoke_until = client.mic.speech_ends[ends_seen]
-                heard = _first_audible(client, spoke_until)
+            if spoke_until is not None:
                 if heard is not None:
                     row["client_first_audio_ms"] = (heard - spoke_until) * 1000
                 await _until_quiet(client, spoke_until, reply_timeout_s)
