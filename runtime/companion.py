@@ -13,6 +13,7 @@ import contextlib
 import json
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
@@ -35,6 +36,7 @@ from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
 from runtime.session import Session, SharedModels
+from runtime.warmup import warm_up
 from voice.errors import VoiceError
 
 if TYPE_CHECKING:
@@ -127,7 +129,7 @@ class Companion:
         tts = await components.load_tts(s, clone_gate=self._clone_gate)
         dialogue = await components.load_dialogue(s)
         detector = components.distress_detector(s)
-        self.models = SharedModels(asr, tts, dialogue, detector, avatar_engine=engine)
+        models = SharedModels(asr, tts, dialogue, detector, avatar_engine=engine)
         self._consent_tasks = [
             asyncio.create_task(
                 sweep_forever(
@@ -146,9 +148,21 @@ class Companion:
             )
         # Kiosk profiles may ask for the other voice (slow speech): load it now, not
         # while a kiosk waits for its answer.
-        for profile in (s.kiosk, *s.kiosk.profiles.values()):
-            await self._models_for(self._with_profile(s, profile))
-        self.avatar(s.server.avatar)  # fail at start-up, not at the first call
+        profiles = [self._with_profile(s, p) for p in (s.kiosk, *s.kiosk.profiles.values())]
+        for settings in profiles:
+            await self._load_voice(settings)
+        face = self.avatar(s.server.avatar)  # fail at start-up, not at the first call
+        # Every stage once, for real, before /health says ready (it checks self.models).
+        report = await warm_up(
+            asr=asr,
+            voices=[tts, *self._voices.values()],
+            dialogue=dialogue,
+            personas=[components.persona(x) for x in (s, *profiles)],
+            make_detector=partial(components.load_turn_detector, s),
+            make_generator=partial(avatar_generator, s, face, engine),
+        )
+        log.info("warmed up", seconds=report.seconds, heard=report.heard)
+        self.models = models
         log.info("ready", host=s.server.host, port=s.server.port)
 
     async def shutdown(self) -> None:
@@ -238,16 +252,21 @@ class Companion:
         )
         return settings.model_copy(update={"persona": persona})
 
+    async def _load_voice(self, settings: Settings) -> None:
+        """Load the other voice (slow or normal speech) if the persona asks for it."""
+        eldercare = settings.persona.eldercare
+        if eldercare != self.settings.persona.eldercare and eldercare not in self._voices:
+            self._voices[eldercare] = await components.load_tts(
+                settings, clone_gate=self._clone_gate
+            )
+
     async def _models_for(self, settings: Settings) -> SharedModels:
         """The shared models, with a slow or normal voice as the persona asks."""
         assert self.models is not None
         eldercare = settings.persona.eldercare
         if eldercare == self.settings.persona.eldercare:
             return self.models
-        if eldercare not in self._voices:
-            self._voices[eldercare] = await components.load_tts(
-                settings, clone_gate=self._clone_gate
-            )
+        await self._load_voice(settings)
         return replace(self.models, tts=self._voices[eldercare])
 
     def admission(
@@ -358,14 +377,20 @@ class Companion:
 
                 @channel.on("message")
                 def on_message(message: Any) -> None:
-                    with contextlib.suppress(ValueError, TypeError):
+                    session.liveness.client_alive()  # any message: a heartbeat, hello, end
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
                         if json.loads(message).get("type") == "end":
                             self._background(self.end(session.id, "client ended"))
 
+        listening: list[Any] = []
+
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind == "audio":
+            if track.kind == "audio" and not listening:
+                listening.append(track)
                 session.start(track)
+            else:  # a camera (or a second microphone) nobody reads: drain it
+                session.drain(track)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:

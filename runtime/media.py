@@ -3,7 +3,8 @@
 One :class:`MediaClock` drives both outbound tracks, so lips match sound. The tracks
 own the clock: aiortc pulls ``recv()``, which sleeps until the frame's media time (as
 aiortc's ``mediastreams.py`` paces from pts). On underrun the audio track sends
-silence and the video track repeats its last frame; neither ever stalls.
+silence and the video track repeats its last frame; neither ever stalls, and an
+exception inside ``recv()`` sends the same instead (:mod:`runtime.track_guard`).
 
 How a session drives them (generator pts → media time through the speech's start)::
 
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import soxr
-from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+
+from runtime.track_guard import GuardedTrack
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ class _Run:
         return self.origin + round(self.consumed * RATE / self.rate)
 
 
-class AudioOut(MediaStreamTrack):
+class AudioOut(GuardedTrack):
     """The companion's voice: 20 ms s16 mono 48 kHz frames paced by a :class:`MediaClock`.
 
     Args:
@@ -123,6 +126,7 @@ class AudioOut(MediaStreamTrack):
     """
 
     kind = "audio"
+    max_failures = 50  # 1 s of frames failing in a row ends the track
 
     def __init__(
         self,
@@ -227,19 +231,10 @@ class AudioOut(MediaStreamTrack):
         self._run = None
         return self._heard / RATE
 
-    async def recv(self) -> av.AudioFrame:
+    async def _produce(self) -> av.AudioFrame:
         """The next 20 ms frame, returned at its media time; silence when nothing is due."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self._next is None:
-            n = self.frame_samples
-            self._next = int(self.clock.now() * RATE) // n * n
-        start = self._next
-        await self.clock.sleep_until(start / RATE)
-        if self.readyState != "live":
-            raise MediaStreamError
+        start = await self._next_slot()
         end = start + self.frame_samples
-        self._next = end
         self._check_run(end)
         buf = np.zeros(self.frame_samples, np.float32)
         speech = False
@@ -260,6 +255,25 @@ class AudioOut(MediaStreamTrack):
         self._report_starts(start, end)
         self.stats.frames_sent += 1
         self.stats.speech_frames_sent += speech
+        return self._frame(buf, start)
+
+    async def _fallback(self) -> av.AudioFrame:
+        """Silence at the next frame time (after a failed ``_produce``)."""
+        start = await self._next_slot()
+        self.stats.frames_sent += 1
+        return self._frame(np.zeros(self.frame_samples, np.float32), start)
+
+    async def _next_slot(self) -> int:
+        """Wait for the next frame's media time; its first sample (the slot is taken)."""
+        n = self.frame_samples
+        start = int(self.clock.now() * RATE) // n * n if self._next is None else self._next
+        await self.clock.sleep_until(start / RATE)
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._next = start + n
+        return start
+
+    def _frame(self, buf: np.ndarray, start: int) -> av.AudioFrame:
         s16 = (np.clip(buf, -1.0, 1.0) * 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(s16[None, :], format="s16", layout="mono")
         frame.sample_rate, frame.pts, frame.time_base = RATE, start, self._time_base
@@ -326,7 +340,7 @@ class VideoStats:
     max_queue: int = 0
 
 
-class VideoOut(MediaStreamTrack):
+class VideoOut(GuardedTrack):
     """The avatar's face: frames shown at their media time, paced at ``fps`` by the clock.
 
     Args:
@@ -389,20 +403,11 @@ class VideoOut(MediaStreamTrack):
         i = bisect.bisect_right(self._times, t)
         del self._times[i:], self._frames[i:]
 
-    async def recv(self) -> av.VideoFrame:
+    async def _produce(self) -> av.VideoFrame:
         """The next frame at its slot time: the newest frame due by the middle of the slot,
         else the last one again. Falls a slot behind → skips to now (never bursts)."""
-        if self.readyState != "live":
-            raise MediaStreamError
-        now = self.clock.now()
-        slot = math.floor(now * self.fps) if self._slot is None else self._slot + 1
-        if (slot + 1) / self.fps < now:
-            slot = math.floor(now * self.fps)
-        self._slot = slot
+        slot = await self._next_slot()
         t = slot / self.fps
-        await self.clock.sleep_until(t)
-        if self.readyState != "live":
-            raise MediaStreamError
         due = bisect.bisect_left(self._times, t + 0.5 / self.fps)
         if due:
             stale = due - 1
@@ -417,6 +422,27 @@ class VideoOut(MediaStreamTrack):
                 self.on_frame_sent(tag, t, self.clock.wall(t))
         else:
             self.stats.repeats += 1
+        return self._frame(slot)
+
+    async def _fallback(self) -> av.VideoFrame:
+        """The last frame again at the next slot (after a failed ``_produce``)."""
+        slot = await self._next_slot()
+        self.stats.repeats += 1
+        return self._frame(slot)
+
+    async def _next_slot(self) -> int:
+        """Wait for the next slot's time (a slot behind: skip to now); its number."""
+        now = self.clock.now()
+        slot = math.floor(now * self.fps) if self._slot is None else self._slot + 1
+        if (slot + 1) / self.fps < now:
+            slot = math.floor(now * self.fps)
+        self._slot = slot
+        await self.clock.sleep_until(slot / self.fps)
+        if self.readyState != "live":
+            raise MediaStreamError
+        return slot
+
+    def _frame(self, slot: int) -> av.VideoFrame:
         self.stats.frames_sent += 1
         frame = av.VideoFrame.from_ndarray(self._last, format="rgb24")
         frame.pts, frame.time_base = round(slot * VIDEO_CLOCK / self.fps), self._time_base

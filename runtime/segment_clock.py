@@ -57,6 +57,12 @@ class Segment:
             raise ValueError("the segment is not anchored yet")
         return self.anchor + (pts - self.first_pts)
 
+    def unplayed(self, now: float) -> float:
+        """Seconds of the speech pushed so far that have not played by media time ``now``
+        (all of it before the anchor)."""
+        played = 0.0 if self.anchor is None else min(max(now - self.anchor, 0.0), self.length)
+        return self.length - played
+
     def heard_text(self, heard_until: float) -> str:
         """The reply's words played before media time ``heard_until``.
 

@@ -10,6 +10,8 @@ Stages (each an asyncio task owned by the session)::
                  on AudioOut at the same media time, so lips and sound share one clock
     consent task (a real person's face): re-asks the admission when the revocation
                  epoch moves or the grant expires; a refusal withdraws the face
+    liveness:    a heartbeat to the client; the session ends when the client is silent
+                 or an outbound track fails (:mod:`runtime.liveness`)
 
 Where a reply's audio and frames land in media time is decided by the pure
 :class:`runtime.segment_clock.SegmentClock`; the session applies its answers to the
@@ -40,9 +42,10 @@ from runtime.dialogue.base import DialogueBackend
 from runtime.dialogue.speak import speak_reply
 from runtime.errors import LikenessError
 from runtime.frames import TurnLatency
-from runtime.inbound import inbound_audio
+from runtime.inbound import drain, inbound_audio
 from runtime.label import frame_stamp
 from runtime.latency import TimedBackend, TurnLatencies
+from runtime.liveness import PEER_TIMEOUT_S, SessionLiveness
 from runtime.logs import get_logger
 from runtime.media import AudioOut, MediaClock, VideoOut
 from runtime.safety import DistressDetector
@@ -63,6 +66,7 @@ log = get_logger("likeness.session")
 # close to now (speech can take over at once); speaking frames may run further ahead.
 IDLE_AHEAD_S = 0.12
 SPEAKING_AHEAD_S = 1.0
+REPLY_AHEAD_S = 8.0  # a reply waits while this much is unplayed: its queues stay bounded
 APOLOGY = "I'm sorry, I had trouble answering that. Could you say it again?"
 
 
@@ -94,6 +98,8 @@ class Session:
         clock: the media clock of both tracks (a fresh :class:`MediaClock` by default).
         turn_detector: makes the session's end-of-turn detector (blocking: it loads
             Silero; called in a worker thread). Default: ``components.load_turn_detector``.
+        peer_timeout_s: the client counts as gone after this long without a message
+            or inbound media (once it was heard).
     """
 
     def __init__(
@@ -109,6 +115,7 @@ class Session:
         consent: AdmissionCheck | None = None,
         clock: MediaClock | None = None,
         turn_detector: Callable[[], TurnDetector] | None = None,
+        peer_timeout_s: float = PEER_TIMEOUT_S,
     ) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.settings = settings
@@ -139,12 +146,19 @@ class Session:
         self.segments = SegmentClock(self.fps)
         self.state = "listening"
         self.closed = asyncio.Event()
-        self.last_media = 0.0  # event-loop time of the last inbound audio (set by start)
+        self.liveness = SessionLiveness(  # companion: liveness.client_alive() per message
+            self.id, self._event, self._end_soon, settings.server.media_timeout_s, peer_timeout_s
+        )
+        self.liveness.guard(self.audio_out, self.video_out)
         self._tasks: set[asyncio.Task] = set()
         self._reply: asyncio.Task | None = None
         self._turn = 0
         self._generator_alive = True
         self._timers: list[asyncio.TimerHandle] = []  # reply captions due when spoken
+
+    def drain(self, track: Any) -> None:
+        """Read an inbound track the session does not use (a camera), dropping its frames."""
+        self._spawn(drain(track), f"drain-{track.kind}")
 
     def _grant_id(self) -> str | None:
         """The grant the face is shown under (None: the synthetic avatar)."""
@@ -171,10 +185,9 @@ class Session:
 
     def start(self, inbound_track: Any) -> None:
         """Start listening to ``inbound_track`` and producing video."""
-        self.last_media = asyncio.get_running_loop().time()
+        self.liveness.start(self._spawn)  # the heartbeat and the watchdog
         self._spawn(self._listen(inbound_track), "listen")
         self._spawn(self._video(), "video")
-        self._spawn(self._watchdog(), "watchdog")
         if self.consent is not None and self.consent.face is not None:
             self._spawn(self._watch_consent(self.consent), "consent")
         self._event({"type": "state", "state": "listening"})
@@ -187,19 +200,16 @@ class Session:
 
     def _task_done(self, task: asyncio.Task) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "session task failed",
-                session=self.id,
-                task=task.get_name(),
-                error=repr(task.exception()),
-            )
+        err = None if task.cancelled() else task.exception()
+        if err is not None:
+            log.error("session task failed", session=self.id, task=task.get_name(), error=repr(err))
 
     async def close(self, reason: str = "closed") -> None:
         """Stop every task and release the generator; safe to call twice."""
         if self.closed.is_set():
             return
         self.closed.set()
+        self.liveness.closed = True
         self._event({"type": "state", "state": "ended", "reason": reason})
         for timer in self._timers:
             timer.cancel()
@@ -240,17 +250,11 @@ class Session:
         self.video_out.put(np.zeros_like(self._rest_image()), at=self.clock.now())
         self.audio_out.clear()
         log.warning("permission withdrawn", session=self.id, reason=reason)
-        self._spawn(self.close("permission withdrawn"), "close")
+        self._end_soon("permission withdrawn")
 
-    async def _watchdog(self) -> None:
-        timeout = self.settings.server.media_timeout_s
-        loop = asyncio.get_running_loop()
-        while not self.closed.is_set():
-            await asyncio.sleep(1.0)
-            if loop.time() - self.last_media > timeout:
-                log.warning("no media from client", session=self.id, timeout_s=timeout)
-                self._spawn(self.close("no media"), "close")
-                return
+    def _end_soon(self, reason: str) -> None:
+        """Close the session from a callback or a task of its own (not awaited here)."""
+        self._spawn(self.close(reason), "close")
 
     # ------------------------------------------------------------------ events
 
@@ -272,11 +276,10 @@ class Session:
 
     async def _listen(self, track: Any) -> None:
         detector = await asyncio.to_thread(self._turn_detector)  # loads Silero: off the loop
-        loop = asyncio.get_running_loop()
 
         async def audio():
-            async for chunk in inbound_audio(track):
-                self.last_media = loop.time()
+            async for chunk in inbound_audio(track, stats=self.liveness.inbound):
+                self.liveness.media_arrived()
                 yield chunk
 
         async for event in detector.run(audio()):
@@ -348,6 +351,10 @@ class Session:
         self.audio_out.schedule(np.zeros(0, np.float32), rate, at=None, last=True)
 
     async def _push(self, segment: Segment, sentence: str, chunk: SpeechChunk) -> None:
+        wait = segment.unplayed(self.clock.now()) - REPLY_AHEAD_S
+        while wait > 0:  # back-pressure: the LLM and TTS pause while this much waits
+            await asyncio.sleep(min(wait, 0.5))
+            wait = segment.unplayed(self.clock.now()) - REPLY_AHEAD_S
         self.latencies.mark("first_audio", turn=segment.turn)
         pushed = self.segments.push(segment, sentence, chunk)
         if pushed.play_now:  # continues the segment's run seamlessly
@@ -410,11 +417,8 @@ class Session:
                 limit = SPEAKING_AHEAD_S if frame.speaking else IDLE_AHEAD_S
                 if ahead > limit:
                     await asyncio.sleep(ahead - limit)
-                if (
-                    not frame.speaking
-                    and self.state == "speaking"
-                    and (self.audio_out.queued_until <= self.clock.now())
-                ):
+                done = not frame.speaking and self.audio_out.queued_until <= self.clock.now()
+                if done and self.state == "speaking":
                     self._set_state("listening")
         except AvatarError as err:
             # The face freezes on its last frame; the conversation goes on with audio.

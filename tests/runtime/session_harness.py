@@ -158,6 +158,10 @@ class Microphone:
     def hang_up(self) -> None:
         self._ended = True
 
+    @property
+    def readyState(self) -> str:  # noqa: N802 - aiortc's (and the browser's) name
+        return "ended" if self._ended else "live"
+
     async def recv(self) -> av.AudioFrame:
         start = self._sent / RATE
         await self.clock.sleep_until(start + BLOCK / RATE)  # a frame leaves once recorded
