@@ -203,19 +203,39 @@ async def load_dialogue(settings: Settings) -> DialogueBackend:
     return await load(d.backend, options)
 
 
+def persona(settings: Settings) -> Persona:
+    """The companion's persona as the config sets it."""
+    p = settings.persona
+    return Persona(
+        name=p.name,
+        tone=p.tone,
+        language=p.language,
+        eldercare=p.eldercare,
+        max_sentences=p.max_sentences,
+    )
+
+
+def memory_trim_to(history_turns: int) -> int:
+    """How many messages a full history is trimmed down to: two thirds, kept even.
+
+    A trim changes everything after the persona, so the LLM evaluates the whole
+    history again (in the background, between turns): trimming in steps makes that
+    rare (every third question at the default 12) while keeping most of the history.
+    """
+    return max(2, (2 * history_turns // 3) // 2 * 2)
+
+
 def conversation(settings: Settings, backend: DialogueBackend) -> Conversation:
     """A conversation over ``backend`` with the persona and per-person memory of the config."""
-    p, d = settings.persona, settings.dialogue
+    d = settings.dialogue
     return Conversation(
         backend,
-        Persona(
-            name=p.name,
-            tone=p.tone,
-            language=p.language,
-            eldercare=p.eldercare,
-            max_sentences=p.max_sentences,
+        persona(settings),
+        ConversationMemory(
+            settings.memory_dir,
+            max_turns=d.history_turns,
+            trim_to=min(d.history_turns, memory_trim_to(d.history_turns)),
         ),
-        ConversationMemory(settings.memory_dir, max_turns=d.history_turns),
         ConversationOptions(
             generation=GenerationOptions(max_tokens=d.max_tokens, temperature=d.temperature),
             attempts=d.retries + 1,

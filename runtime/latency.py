@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from runtime.dialogue.base import DialogueBackend
+from runtime.dialogue.base import DialogueBackend, PromptWarming
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
 
@@ -117,6 +117,16 @@ class TimedBackend:
                     first = False
                     self._on_first()
                 yield piece
+
+    async def warm(self, messages: Any, slot: str | None = None) -> None:
+        """Pass prompt warming on to the shared backend (nothing if it cannot warm)."""
+        if isinstance(self._backend, PromptWarming):
+            await self._backend.warm(messages, slot)
+
+    def forget(self, slot: str) -> None:
+        """Pass on forgetting a person's saved prompt (see ``PromptWarming``)."""
+        if isinstance(self._backend, PromptWarming):
+            self._backend.forget(slot)
 
     async def aclose(self) -> None:
         """The shared backend outlives the session: nothing to close here."""

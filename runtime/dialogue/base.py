@@ -28,11 +28,14 @@ class GenerationOptions:
         max_tokens: upper bound on generated tokens.
         temperature: sampling temperature; 0 for greedy.
         stop: strings that end the reply.
+        cache_slot: whose saved prompt state a caching backend may reuse (one per
+            person; None: only the shared persona states). Never another person's.
     """
 
     max_tokens: int = 160
     temperature: float = 0.7
     stop: tuple[str, ...] = ()
+    cache_slot: str | None = None
 
 
 @runtime_checkable
@@ -52,4 +55,23 @@ class DialogueBackend(Protocol):
 
     async def aclose(self) -> None:
         """Release connections or engine memory."""
+        ...
+
+
+@runtime_checkable
+class PromptWarming(Protocol):
+    """A backend that can evaluate a known prompt prefix ahead of the next turn.
+
+    Optional: :class:`~runtime.dialogue.conversation.Conversation` warms a person's
+    history after every change when its backend has this, and forgets it with the
+    person. Warming is a speed-up only; it may do nothing.
+    """
+
+    async def warm(self, messages: Sequence[Message], slot: str | None = None) -> None:
+        """Evaluate what the next prompt after ``messages`` starts with; keep it for
+        ``slot`` (None: a shared persona prompt, system messages only)."""
+        ...
+
+    def forget(self, slot: str) -> None:
+        """Drop whatever is kept for ``slot``."""
         ...

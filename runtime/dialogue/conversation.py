@@ -14,6 +14,13 @@ What is remembered is what the person heard:
   the user turn and only the sentences yielded so far;
 * after a barge-in, :meth:`Conversation.record_played` shrinks the stored reply
   to what the speaker actually played.
+
+Turn time stays flat: when the backend can warm prompts
+(:class:`~runtime.dialogue.base.PromptWarming`), every change of a person's history
+is followed by a background warming of the next prompt's known part (persona and
+history), under that person's own cache slot; the memory trims its oldest messages
+in steps (``trim_to``), rarely, because a trim changes everything after the
+persona and that must be evaluated again.
 """
 
 from __future__ import annotations
@@ -26,11 +33,11 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from runtime.dialogue.base import DialogueBackend, GenerationOptions, Message
+from runtime.dialogue.base import DialogueBackend, GenerationOptions, Message, PromptWarming
 from runtime.errors import ConfigError, DialogueError
 from voice.sentences import SentenceCutter
 
@@ -102,15 +109,32 @@ class ConversationMemory:
 
     Args:
         directory: where the files live; created on the first write.
-        max_turns: messages kept per person (a question and its reply are two);
-            older ones are dropped, and the history never starts with a reply.
+        max_turns: most messages kept per person (a question and its reply are two);
+            the history never starts with a reply.
+        trim_to: once a history grows past ``max_turns``, its oldest messages are
+            dropped until at most this many remain (default ``max_turns``: one at a
+            time). Lower trims less often, in bigger steps (a trim makes a caching
+            LLM evaluate the whole history again).
+        on_forget: called with the person id after :meth:`forget`.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_turns: int = 20) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_turns: int = 20,
+        trim_to: int | None = None,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         if max_turns < 2:
             raise ConfigError(f"memory.max_turns must be >= 2, got {max_turns}")
+        trim_to = max_turns if trim_to is None else trim_to
+        if not 1 <= trim_to <= max_turns:
+            raise ConfigError(f"memory trim_to must be in 1..{max_turns}, got {trim_to}")
         self.directory = Path(directory)
         self.max_turns = max_turns
+        self.trim_to = trim_to
+        self.on_forget = on_forget
         self._cache: dict[str, list[Message]] = {}
         self._lock = threading.Lock()
 
@@ -161,6 +185,8 @@ class ConversationMemory:
         with self._lock:
             self._cache.pop(person_id, None)
             self._path(person_id).unlink(missing_ok=True)
+        if self.on_forget is not None:
+            self.on_forget(person_id)
 
     def _path(self, person_id: str) -> Path:
         # Hashed: any id (slashes, dots, length) maps to a safe file name.
@@ -184,7 +210,8 @@ class ConversationMemory:
         return messages
 
     def _trim(self, stored: list[Message]) -> None:
-        del stored[: max(0, len(stored) - self.max_turns)]
+        if len(stored) > self.max_turns:
+            del stored[: len(stored) - self.trim_to]
         while stored and stored[0].role != "user":
             stored.pop(0)
 
@@ -254,6 +281,56 @@ class Conversation:
         self.persona = persona
         self.memory = memory
         self.options = options or ConversationOptions()
+        self._warming: asyncio.Task[None] | None = None
+        if isinstance(backend, PromptWarming):
+            forget = memory.on_forget
+
+            def forget_both(person_id: str) -> None:
+                backend.forget(person_id)  # the person's evaluated history goes too
+                if forget is not None:
+                    forget(person_id)
+
+            memory.on_forget = forget_both
+
+    def prompt(self, person_id: str, user_text: str | None = None) -> list[Message]:
+        """The messages the model sees: persona, ``person_id``'s history, the question."""
+        question = [] if user_text is None else [Message("user", user_text)]
+        return [
+            Message("system", system_prompt(self.persona)),
+            *self.memory.history(person_id),
+            *question,
+        ]
+
+    async def warm(self, person_id: str | None = None) -> None:
+        """Let the backend evaluate the next prompt's known part now (a no-op for
+        backends that cannot): the persona alone (``person_id`` None, shared by
+        everyone), or the persona and ``person_id``'s history."""
+        if not isinstance(self.backend, PromptWarming):
+            return
+        if person_id is None:
+            await self.backend.warm([Message("system", system_prompt(self.persona))], None)
+        else:
+            await self.backend.warm(self.prompt(person_id), person_id)
+
+    def _warm_later(self, person_id: str) -> None:
+        """Warm ``person_id``'s next prompt in the background (replacing a pending one)."""
+        if not isinstance(self.backend, PromptWarming):
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a closed generator finalised late): skip
+            return
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+        self._warming = loop.create_task(self._warm_quietly(person_id), name="dialogue-warm")
+
+    async def _warm_quietly(self, person_id: str) -> None:
+        try:
+            await self.warm(person_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a speed-up must never break a turn
+            log.warning("dialogue: warming the next prompt failed: %s", exc)
 
     async def reply(self, person_id: str, user_text: str) -> AsyncIterator[str]:
         """Answer ``user_text`` from ``person_id``, yielding each sentence once complete.
@@ -266,17 +343,14 @@ class Conversation:
             DialogueError: the backend failed after the retries, or after a
                 sentence was already yielded.
         """
-        messages = [
-            Message("system", system_prompt(self.persona)),
-            *self.memory.history(person_id),
-            Message("user", user_text),
-        ]
+        messages = self.prompt(person_id, user_text)
         limit = self.persona.max_sentences
         spoken: list[str] = []
         try:
             for attempt in range(1, self.options.attempts + 1):
                 try:
-                    async with contextlib.aclosing(self._sentences(messages)) as sentences:
+                    sentences_of = self._sentences(messages, person_id)
+                    async with contextlib.aclosing(sentences_of) as sentences:
                         async for sentence in sentences:
                             spoken.append(sentence)
                             yield sentence
@@ -306,10 +380,12 @@ class Conversation:
             self.memory.replace_last_reply(person_id, heard_text)
         except OSError:
             log.exception("memory: could not store what %s heard", person_id)
+        self._warm_later(person_id)
 
-    async def _sentences(self, messages: list[Message]) -> AsyncIterator[str]:
+    async def _sentences(self, messages: list[Message], person_id: str) -> AsyncIterator[str]:
         cutter = SentenceCutter()
-        stream = self.backend.stream(messages, self.options.generation)
+        options = replace(self.options.generation, cache_slot=person_id)
+        stream = self.backend.stream(messages, options)
         async with contextlib.aclosing(stream) as pieces:
             async for piece in pieces:
                 for sentence in cutter.feed(piece):
@@ -325,3 +401,4 @@ class Conversation:
             self.memory.extend(person_id, turn)
         except OSError:
             log.exception("memory: could not store the turn of %s", person_id)
+        self._warm_later(person_id)
