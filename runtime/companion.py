@@ -16,7 +16,7 @@ from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -36,6 +36,7 @@ from runtime.config import KioskProfile, Settings
 from runtime.frames import TurnLatency
 from runtime.logs import get_logger
 from runtime.session import Session, SharedModels
+from runtime.turn import IceProvider
 from runtime.warmup import warm_up
 from voice.errors import VoiceError
 
@@ -359,8 +360,9 @@ class Companion:
         return {"sdp": answer.sdp, "type": answer.type, "session_id": session.id}
 
     def _rtc_config(self) -> RTCConfiguration:
-        servers = [RTCIceServer(urls=url) for url in self.settings.server.ice_servers]
-        return RTCConfiguration(iceServers=servers)
+        """The server peer's ICE servers (``server.ice_servers``; TURN credentials minted
+        now, so a rotated ``turn_secret_file`` is read by the next session)."""
+        return IceProvider.from_config(self.settings.server).rtc_configuration()
 
     async def _negotiate(
         self, pc: RTCPeerConnection, session: Session, sdp: str, channel_box: dict[str, Any]

@@ -146,6 +146,31 @@ class AvatarConfig(_Section):
     max_side: int = Field(1600, ge=256, le=10_000, description="bigger photos are downscaled")
 
 
+class IceServerConfig(_Section):
+    """One STUN or TURN server (``urls`` as in the browser's ``RTCIceServer``).
+
+    A TURN server without ``username``/``credential`` gets credentials minted per
+    session from ``server.turn_secret`` (:mod:`runtime.turn`).
+    """
+
+    urls: list[str] = Field(min_length=1, description="stun:, turn: or turns: URLs")
+    username: str = Field("", description="static TURN user ('' = minted)")
+    credential: SecretStr | None = Field(None, description="static TURN password (masked)")
+
+    @field_validator("urls", mode="before")
+    @classmethod
+    def _one_url(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("urls")
+    @classmethod
+    def _schemes(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.lower().startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError(f"{url!r} is not a stun:, turn: or turns: URL")
+        return value
+
+
 class ServerConfig(_Section):
     """``likeness serve``: the ASGI app, WebRTC sessions and the web pages."""
 
@@ -159,10 +184,34 @@ class ServerConfig(_Section):
     )
     tls_cert: str = Field("", description="PEM certificate: serve https (LAN kiosks)")
     tls_key: str = Field("", description="PEM private key for tls_cert")
-    ice_servers: list[str] = Field(default_factory=list, description="stun:/turn: URLs")
+    ice_servers: list[IceServerConfig] = Field(
+        default_factory=list,
+        description="STUN/TURN servers for pages and the server (a plain URL string works too)",
+    )
+    ice_transport_policy: Literal["all", "relay"] = Field(
+        "all", description="pages' iceTransportPolicy; 'relay' = media only through TURN"
+    )
+    turn_secret: SecretStr | None = Field(
+        None, description="coturn static-auth-secret: TURN credentials minted per session"
+    )
+    turn_secret_file: str = Field("", description="file holding turn_secret (instead of it)")
+    turn_ttl_s: int = Field(600, ge=30, le=86_400, description="minted TURN credential lifetime")
+    ice_per_minute: int = Field(
+        12, ge=1, le=10_000, description="POST /api/rtc/ice per client address"
+    )
     keep_session_memory: bool = Field(
         False, description="keep a session's conversation after it ends (privacy: off)"
     )
+
+    @field_validator("ice_servers", mode="before")
+    @classmethod
+    def _plain_urls(cls, value: Any) -> Any:
+        """Backwards compatible: ``["stun:host:3478"]`` means ``[{urls = "stun:..."}]``."""
+        if isinstance(value, list):
+            return [{"urls": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    _secret_path = field_validator("turn_secret_file")(_expand_user)
 
 
 class ConsentConfig(_Section):

@@ -8,6 +8,9 @@ Routes::
                           inside: one POST connects); 400 bad SDP, 403 no consent for
                           this face (or voice) here, 404 unknown avatar, 503 busy
                           (Retry-After)
+    POST /api/rtc/ice     {"iceServers", "iceTransportPolicy", "expires_at"} for the next
+                          RTCPeerConnection, TURN credentials minted for it; 503 while
+                          not ready or busy, 429 over server.ice_per_minute per address
     GET  /api/config      persona name and the kiosk profile for the pages
     *    /api/consent/... the consent portal's JSON API (consent/portal; 401 unsigned)
     GET  /health          200 {"status": "ready", ...} once the models are loaded
@@ -33,19 +36,27 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from consent.portal import for_gate
 from consent.portal import mount as portal_mount
+from consent.portal.auth import PortalError, RateLimiter
 from runtime.companion import Companion, OfferError
 from runtime.config import Settings
+from runtime.logs import get_logger
+from runtime.turn import IceProvider
 from web import STATIC_DIR
 
 __all__ = ["Companion", "OfferError", "create_app"]
 
 MAX_BODY = 64 * 1024
+log = get_logger("likeness.server")
 
 
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app. Models load at start-up; /health says when it is ready."""
     companion = Companion(settings)
     started = time.time()
+    ice = IceProvider.from_config(settings.server)  # a TURN URL without a secret fails here
+    for note in ice.aiortc_notes():
+        log.warning(note)
+    ice_limiter = RateLimiter(settings.server.ice_per_minute, 60.0)
 
     async def offer(request: Request) -> Response:
         raw = await request.body()
@@ -95,6 +106,27 @@ def create_app(settings: Settings) -> Starlette:
         except WebSocketDisconnect:
             return
 
+    async def rtc_ice(request: Request) -> Response:
+        """ICE servers for the page's next peer connection, with fresh TURN credentials.
+
+        TURN credentials are a relay's bandwidth: they go only to a client that could
+        start a session now (server ready, a session free), at most
+        ``server.ice_per_minute`` per client address, and expire after
+        ``server.turn_ttl_s``. The relay itself must only relay to the session nodes
+        (coturn ``allowed-peer-ip``; docs/deployment.md), so a credential lets nobody
+        reach anything they could not reach by opening a session.
+        """
+        if companion.models is None:
+            return JSONResponse({"error": "not ready yet"}, 503, headers={"Retry-After": "2"})
+        if len(companion.sessions) >= settings.server.max_sessions:
+            busy = {"error": "busy: all sessions are taken"}
+            return JSONResponse(busy, 503, headers={"Retry-After": "10"})
+        try:
+            ice_limiter.hit(request.client.host if request.client else "-", "ICE requests")
+        except PortalError as err:
+            return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
+        return JSONResponse(ice.for_page(), headers={"Cache-Control": "no-store"})
+
     async def health(_: Request) -> Response:
         ready = companion.models is not None
         body = {
@@ -136,10 +168,12 @@ def create_app(settings: Settings) -> Starlette:
         routes=[
             Route("/api/rtc/offer", offer, methods=["POST"]),
             WebSocketRoute("/api/rtc/ws", signaling),
+            Route("/api/rtc/ice", rtc_ice, methods=["POST"]),
             Route("/api/config", config),
             Route("/health", health),
             Route("/metrics", metrics),
-            portal_mount(for_gate(settings, lambda: companion.gate)),  # /api/consent
+            # /api/consent; the ceremony's server peer gets the same ICE servers
+            portal_mount(for_gate(settings, lambda: companion.gate, ice.aiortc_servers)),
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
         ],
         lifespan=lifespan,

@@ -45,7 +45,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -130,15 +130,17 @@ def check_offer(sdp: Any) -> None:
 
 
 async def start(
-    opened: OpenCeremony, sdp: str, ice_servers: list[str] | None = None
+    opened: OpenCeremony, sdp: str, ice_servers: Sequence[RTCIceServer | str] | None = None
 ) -> tuple[RTCSessionDescription, LiveCeremony]:
     """Answer the page's offer and run the ceremony in the background.
 
     Args:
         opened: from ``Enrolment.open_ceremony``; closed here whatever happens.
         sdp: the page's offer (call :func:`check_offer` first for a plain 400).
-        ice_servers: STUN/TURN URLs (``settings.server.ice_servers``); always a list,
-            so aiortc contacts no public STUN server of its own.
+        ice_servers: the server peer's STUN/TURN servers (``RTCIceServer``, TURN
+            credentials included: ``runtime.turn.IceProvider.aiortc_servers``; a plain
+            URL string still works); always a list, so aiortc contacts no public STUN
+            server of its own.
 
     Returns:
         The answer to send back to the page, and the running ceremony (its figures:
@@ -147,7 +149,9 @@ async def start(
     Raises:
         ValueError: the offer could not be negotiated (``opened`` is closed).
     """
-    servers = [RTCIceServer(urls=url) for url in ice_servers or []]
+    servers = [
+        s if isinstance(s, RTCIceServer) else RTCIceServer(urls=s) for s in ice_servers or []
+    ]
     pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
     live = LiveCeremony(pc, opened)
     try:

@@ -51,6 +51,8 @@ class PortalContext:
         settings: ``runtime.config.Settings`` (``portal`` section, ``data_dir``, ...).
         enrolment: a loaded ``consent.enrolment.Enrolment``, or None to load it on first
             use (:meth:`enrolment_service`).
+        ice_servers: returns the ICE servers (aiortc ``RTCIceServer``, TURN credentials
+            fresh) for the ceremony's server peer; None = none (host candidates only).
 
     Attributes:
         signin_limiter: sign-in attempts per client address (``portal.signin_per_minute``).
@@ -59,9 +61,15 @@ class PortalContext:
     """
 
     def __init__(
-        self, store: ConsentStore, keys: SigningKeys, settings: Any, enrolment: Any = None
+        self,
+        store: ConsentStore,
+        keys: SigningKeys,
+        settings: Any,
+        enrolment: Any = None,
+        ice_servers: Callable[[], list[Any]] | None = None,
     ) -> None:
         self.store = store
+        self.ice_servers: Callable[[], list[Any]] = ice_servers or list
         self.keys = keys
         self.settings = settings
         self.enrolment = enrolment
@@ -126,12 +134,15 @@ def mount(context: Callable[[], PortalContext | None]) -> Mount:
     )
 
 
-def for_gate(settings: Any, gate: Callable[[], Any]) -> Callable[[], PortalContext | None]:
+def for_gate(
+    settings: Any, gate: Callable[[], Any], ice_servers: Callable[[], list[Any]] | None = None
+) -> Callable[[], PortalContext | None]:
     """A context provider over the server's consent gate, built once on first use.
 
     Args:
         settings: the server's settings.
         gate: returns the loaded ``ConsentGate`` (or None while the server starts).
+        ice_servers: the ceremony peer's ICE servers (see :class:`PortalContext`).
     """
     box: list[PortalContext] = []
     lock = threading.Lock()
@@ -144,7 +155,9 @@ def for_gate(settings: Any, gate: Callable[[], Any]) -> Callable[[], PortalConte
             return None
         with lock:
             if not box:
-                box.append(PortalContext.load(settings, loaded.store))
+                context = PortalContext.load(settings, loaded.store)
+                context.ice_servers = ice_servers or list
+                box.append(context)
         return box[0]
 
     return provide

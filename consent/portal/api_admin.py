@@ -258,9 +258,8 @@ async def enrol_ceremony(request: Request, ctx: Any, who: Principal) -> Response
     ctx.challenge_limiter.hit(f"enrol:{who.user_id}", "checks started")
     service = await ctx.enrolment_service()
     opened = await thread(service.open_ceremony, subject_id, avatar_id, time.time())
-    ice = list(getattr(getattr(ctx.settings, "server", None), "ice_servers", None) or [])
     try:
-        answer, _running = await live.start(opened, body["sdp"], ice)
+        answer, _running = await live.start(opened, body["sdp"], ctx.ice_servers())
     except ValueError as err:
         raise PortalError(400, str(err)) from None
     return ok({"sdp": answer.sdp, "type": answer.type, "ceremony_id": opened.id})
