@@ -51,15 +51,28 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid`` in MB, from /proc (NaN when unreadable)."""
+    try:
+        return _rss_mb(pid)
+    except OSError:
+        return float("nan")
+
+
 @contextlib.contextmanager
-def serve(sessions: int, data_dir: Path):
-    """Start ``likeness serve`` for ``sessions`` sessions; yields (url, pid)."""
+def serve(sessions: int, data_dir: Path, env: dict[str, str] | None = None):
+    """Start a fresh ``likeness serve`` for ``sessions`` sessions; yields (url, pid).
+
+    It runs on defaults with its own data dir (no ``LIKENESS_*`` variable of the caller
+    reaches it) plus ``env`` (``LIKENESS_...`` settings); it logs to
+    ``data_dir/server.log`` and is stopped on exit.
+    """
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")}
-    env |= {
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")} | {
         "LIKENESS_DATA_DIR": str(data_dir),
         "LIKENESS_SERVER__MAX_SESSIONS": str(sessions),
         "LIKENESS_LOG_LEVEL": "warning",
+        **(env or {}),
     }
     log = open(data_dir / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(

@@ -32,6 +32,7 @@ from runtime.cli_common import (
 )
 from runtime.cli_consent import consent_app
 from runtime.cli_export import export_app
+from runtime.cli_soak import register_soak_command
 from runtime.cli_train import train_app
 from runtime.config import masked_dump
 from runtime.errors import ConfigError, InputError
@@ -52,6 +53,7 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
 register_avatar_commands(app, bench_app)
+register_soak_command(bench_app)
 
 
 @app.callback()

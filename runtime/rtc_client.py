@@ -13,13 +13,19 @@ import contextlib
 import fractions
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import av
 import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.mediastreams import MediaStreamError
 
 from voice.audio import resample
@@ -88,8 +94,23 @@ class Received:
         return None
 
 
+VideoHook = Callable[[float, av.VideoFrame], None]
+
+
 class CompanionClient:
-    """One session with a companion server. Use ``async with CompanionClient(url) as c``."""
+    """One session with a companion server. Use ``async with CompanionClient(url) as c``.
+
+    Args:
+        base_url: the server, e.g. ``http://127.0.0.1:8080``.
+        avatar, profile, deployment: sent with the offer when given.
+        keep_video: keep every received frame as RGB in ``got.video`` (short tests
+            only: a minute of 512² frames is 1.2 GB); otherwise only arrival times.
+        configuration: the peer connection's ICE set-up (STUN / TURN servers, relay
+            policy). None keeps aiortc's default, which contacts a public STUN host:
+            pass ``RTCConfiguration(iceServers=[])`` on a closed network.
+        on_video: called with ``(arrival time, frame)`` for every received video
+            frame, in the event loop (keep it cheap), e.g. to measure the picture.
+    """
 
     def __init__(
         self,
@@ -98,14 +119,17 @@ class CompanionClient:
         keep_video: bool = True,
         profile: str | None = None,
         deployment: str | None = None,
+        configuration: RTCConfiguration | None = None,
+        on_video: VideoHook | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.avatar = avatar
         self.profile = profile
         self.deployment = deployment
         self.mic = SpeechTrack()
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(configuration)
         self.got = Received(keep_video=keep_video)
+        self._on_video = on_video
         self.session_id: str | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -163,11 +187,19 @@ class CompanionClient:
         with contextlib.suppress(MediaStreamError):
             while True:
                 frame = await track.recv()
+                now = time.monotonic()
                 image = frame.to_ndarray(format="rgb24") if self.got.keep_video else np.zeros(0)
-                self.got.video.append((time.monotonic(), image))
+                self.got.video.append((now, image))
+                if self._on_video is not None:
+                    self._on_video(now, frame)
 
-    async def wait_for(self, kind: str, within_s: float, **match: Any) -> dict[str, Any]:
+    async def wait_for(
+        self, kind: str, within_s: float, since: float | None = None, **match: Any
+    ) -> dict[str, Any]:
         """Wait up to ``within_s`` for an event of ``kind`` (matching ``match``); returns it.
+
+        Events already received count too, unless they arrived before ``since``
+        (a ``time.monotonic()`` value).
 
         Raises:
             TimeoutError: none came in time.
@@ -175,7 +207,9 @@ class CompanionClient:
         deadline = time.monotonic() + within_s
         seen = 0
         while time.monotonic() < deadline:
-            for _, event in self.got.events[seen:]:
+            for t, event in self.got.events[seen:]:
+                if since is not None and t < since:
+                    continue
                 if event.get("type") == kind and all(event.get(k) == v for k, v in match.items()):
                     return event
             seen = len(self.got.events)

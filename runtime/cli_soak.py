@@ -1,0 +1,43 @@
+"""``likeness bench soak``: the command line of :mod:`runtime.bench_soak`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from runtime.cli_common import err_console, handle_errors, print_table, state, write_bench
+
+
+def bench_soak(
+    minutes: Annotated[int, typer.Option(min=1, max=24 * 60, help="length of the session")] = 10,
+    seed: Annotated[int, typer.Option(min=0, help="question order, voices and timing")] = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
+) -> None:
+    """One long live session: fps, freezes, audio gaps, A/V offset, turn latency, RSS and
+    tasks per minute, and the soak targets as pass / fail."""
+    from runtime.bench_soak import (
+        MINUTE_COLUMNS,
+        SoakOptions,
+        minute_table,
+        progress_line,
+        target_table,
+    )
+    from runtime.bench_soak import bench_soak as run
+
+    state.load()
+
+    def progress(row: dict[str, float]) -> None:
+        err_console.print(progress_line(row, minutes), markup=False, highlight=False)
+
+    result = run(SoakOptions(minutes=minutes, seed=seed, url=url), on_minute=progress)
+    write_bench("soak", result, json_path)
+    print_table("per minute", MINUTE_COLUMNS, minute_table(result["runs"]["minutes"]))
+    print_table("targets", ["target", "asked", "measured", "result"], target_table(result))
+
+
+def register_soak_command(bench_app: typer.Typer) -> None:
+    """Add ``bench soak``."""
+    bench_app.command("soak")(handle_errors(bench_soak))
