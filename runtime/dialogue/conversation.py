@@ -312,6 +312,13 @@ class Conversation:
         else:
             await self.backend.warm(self.prompt(person_id), person_id)
 
+    async def warmed(self) -> None:
+        """Wait for the background warming started by the last change, if any."""
+        task = self._warming
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def _warm_later(self, person_id: str) -> None:
         """Warm ``person_id``'s next prompt in the background (replacing a pending one)."""
         if not isinstance(self.backend, PromptWarming):
