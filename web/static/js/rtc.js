@@ -214,6 +214,15 @@ export class CompanionConnection {
     await this._connect();
   }
 
+  /**
+   * The page judged the connection dead (no heartbeat and no media: heartbeat.js):
+   * drop it now and reconnect with back-off, as when ICE fails.
+   */
+  reconnect(reason = "page") {
+    if (this._stopped || this._retryTimer) return;
+    this._lost(reason);
+  }
+
   /** Skips the back-off wait of a pending reconnect. */
   retryNow() {
     if (this._stopped || !this._retryTimer) return;
@@ -465,7 +474,7 @@ export class CompanionConnection {
     }
     if (!msg || typeof msg !== "object" || typeof msg.type !== "string") return;
     const hooks = this._hooks;
-    if (hooks) {
+    if (hooks && msg.type !== "heartbeat") { // heartbeats would crowd out the rest
       hooks.events.push(msg);
       if (hooks.events.length > EVENT_LOG_LIMIT) hooks.events.splice(0, hooks.events.length - EVENT_LOG_LIMIT);
     }
@@ -519,6 +528,8 @@ export class CompanionConnection {
         this._emit("onInterrupted", { heard });
         break;
       }
+      case "heartbeat": // {"type":"heartbeat"} every 0.5 s: the server lives (heartbeat.js)
+        break;
       case "metrics": {
         // {"type":"metrics","stages_ms":{...}}: per-turn latencies
         const stages = msg.stages_ms && typeof msg.stages_ms === "object" ? msg.stages_ms : {};
