@@ -102,10 +102,17 @@ class _Script:
 
     def listening_for(self) -> float:
         """Seconds since the companion went back to listening (-1: it is not)."""
-        states = [(t, e["state"]) for t, e in self.client.got.events if e.get("type") == "state"]
-        if not states or states[-1][1] != "listening":
-            return -1.0
-        return time.monotonic() - states[-1][0]
+        for t, event in reversed(self.client.got.events):  # heartbeats come twice a second
+            if event.get("type") == "state":
+                return time.monotonic() - t if event.get("state") == "listening" else -1.0
+        return -1.0
+
+    def ended(self) -> str:
+        """The server's reason if it ended the session ("" while it is live)."""
+        for _, event in reversed(self.client.got.events):
+            if event.get("type") == "state":
+                return str(event.get("reason") or "ended") if event["state"] == "ended" else ""
+        return ""
 
     def ask(self, question: Question) -> None:
         self.client.mic.say(question.pcm, question.sample_rate)
@@ -188,7 +195,7 @@ async def _session(
         sampler = asyncio.create_task(_sample(url, pid, rec))
         try:
             next_at, minute, waiting = rec.start + FIRST_QUESTION_S, 0, False
-            while (now := time.monotonic()) < end:
+            while (now := time.monotonic()) < end and not rec.ended:
                 if now >= rec.start + 60 * (minute + 1):
                     minute += 1
                     script.update()
@@ -199,8 +206,10 @@ async def _session(
                         next_at, waiting = now + rng.uniform(*opts.interval_s), False
                     elif not waiting:
                         script.delayed, waiting = script.delayed + 1, True
+                rec.ended = script.ended()
                 await asyncio.sleep(0.05)
         finally:
+            rec.end = end
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
         script.update()
@@ -337,6 +346,12 @@ def target_table(result: dict[str, Any]) -> list[list[str]]:
     """One row per target: what was asked, what was measured, pass / fail / n/a."""
     m = result["metrics"]
     return [
+        [
+            "session lasted",
+            "to the end",
+            m["session_ended_early"] or "to the end",
+            m["target_session_lasted"],
+        ],
         ["no freezes (>200 ms)", "0", str(m["freezes"]), m["target_no_freezes"]],
         [
             "A/V offset start / end",

@@ -136,9 +136,10 @@ class MouthProbe:
 
     def _box(self, size: int) -> tuple[int, int, int, int]:
         if size not in self._boxes:
-            from avatar.synthetic import make_demo_avatar
+            from avatar.synthetic import FaceStyle, face_landmarks
 
-            lips = make_demo_avatar(size=size).landmarks[48:68]
+            # The landmarks alone (drawing the face takes ~2 s: not in the event loop).
+            lips = face_landmarks(FaceStyle.from_seed(0))[48:68] * size
             x0, y0 = np.floor(lips.min(0)).astype(int) - self._margin
             x1, y1 = np.ceil(lips.max(0)).astype(int) + self._margin
             self._boxes[size] = (max(y0, 0), min(y1, size), max(x0, 0), min(x1, size))
@@ -154,14 +155,19 @@ class MouthProbe:
         return self.of_gray(frame.to_ndarray(format="gray"))
 
 
-def generator_lead(tts: Any, size: int = 512, fps: float = 25.0, sway: float = 1.0) -> float:
-    """The A/V lag :func:`~runtime.soak_metrics.av_lag` finds on exactly timed frames.
+def lead_signals(
+    tts: Any, size: int = 512, fps: float = 25.0, sway: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Audio and mouth signals of the generator, exactly timed, as a client would get them.
 
     Renders :data:`LEAD_TEXT` spoken by ``tts`` (the first of :func:`load_voices`:
-    Piper at its own rate, with its phoneme timings, as the server speaks) on the synthetic face
-    with the server's default generator options, stamps each 20 ms audio frame at its
-    start and each video frame at its pts (as the outbound tracks send them), and
-    measures. Blocking, ~2-3 s on one core. Returns seconds (NaN when unmeasurable).
+    Piper at its own rate, with its phoneme timings, as the server speaks) on the
+    synthetic face with the server's default generator options, stamps each 20 ms
+    audio frame at its start and each video frame at its pts (as the outbound tracks
+    send them). Blocking, ~2-3 s on one core.
+
+    Returns:
+        ``(audio_t, envelope, video_t, mouth)`` for :func:`~runtime.soak_metrics.av_lag`.
     """
     from avatar.procedural.generator import ProceduralOptions, render_clip
     from avatar.synthetic import make_demo_avatar
@@ -171,10 +177,17 @@ def generator_lead(tts: Any, size: int = 512, fps: float = 25.0, sway: float = 1
     frames = render_clip(make_demo_avatar(size), pcm, tts.sample_rate, timings, options)
     probe = MouthProbe()
     luma = np.array([0.299, 0.587, 0.114], np.float32)
-    mouth = [probe.of_gray(f.image.astype(np.float32) @ luma) for f in frames]
-    video_t = [f.pts for f in frames]
+    mouth = np.array([probe.of_gray(f.image.astype(np.float32) @ luma) for f in frames])
+    video_t = np.array([f.pts for f in frames])
     at48 = resample(pcm, tts.sample_rate, 48_000)
     n = len(at48) // 960
     envelope = np.sqrt((at48[: n * 960].reshape(n, 960) ** 2).mean(1))
-    lag = av_lag(np.arange(n) * FRAME_S, envelope, video_t, mouth, (0.0, n * FRAME_S))
+    return np.arange(n) * FRAME_S, envelope, video_t, mouth
+
+
+def generator_lead(tts: Any) -> float:
+    """The A/V lag :func:`~runtime.soak_metrics.av_lag` finds on the generator's exactly
+    timed frames (:func:`lead_signals`), in seconds (NaN when unmeasurable)."""
+    audio_t, envelope, video_t, mouth = lead_signals(tts)
+    lag = av_lag(audio_t, envelope, video_t, mouth, (0.0, float(audio_t[-1])))
     return float("nan") if lag is None else lag.lag_s

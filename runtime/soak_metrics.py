@@ -176,6 +176,8 @@ class Received:
 
     Attributes:
         start: when the first video frame arrived (the run's zero).
+        end: when the run ended (video that stopped before it is a freeze).
+        ended: the reason the server gave when it ended the session early ("" if not).
         video_t: video frame arrivals; mouth: each frame's mouth opening.
         audio_t: audio frame arrivals; envelope: each frame's RMS.
         turns: the scripted questions.
@@ -185,6 +187,8 @@ class Received:
     """
 
     start: float
+    end: float = math.nan
+    ended: str = ""
     video_t: list[float] = field(default_factory=list)
     mouth: list[float] = field(default_factory=list)
     audio_t: list[float] = field(default_factory=list)
@@ -192,6 +196,15 @@ class Received:
     turns: list[TurnRecord] = field(default_factory=list)
     samples: list[tuple[float, float, int]] = field(default_factory=list)
     av_bias_s: float = 0.0
+
+
+def video_gaps(rec: Received, longer_than: float) -> list[Gap]:
+    """Gaps between video frames, and from the last frame to the run's end (a stream
+    that stopped is frozen until the end)."""
+    times = list(rec.video_t)
+    if times and rec.end == rec.end and rec.end > times[-1]:
+        times.append(rec.end)
+    return gaps(times, longer_than)
 
 
 def av_offset_ms(turn: TurnRecord, bias_s: float) -> float | None:
@@ -207,16 +220,19 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
     are left out of the counts; the summary reports them apart.
     """
     t0 = rec.start
-    freezes = [g for g in gaps(rec.video_t, FREEZE_S) if g.start >= t0 + settle_s]
+    freezes = [g for g in video_gaps(rec, FREEZE_S) if g.start >= t0 + settle_s]
     windows = [t.reply for t in rec.turns if t.reply is not None]
     audio_gaps = within(gaps(rec.audio_t, AUDIO_GAP_S), windows)
     video_t = np.asarray(rec.video_t)
     steps = np.diff(video_t) if len(video_t) > 1 else np.zeros(0)
+    starts = video_t[:-1]
+    if len(video_t) and rec.end == rec.end and rec.end > video_t[-1]:
+        steps, starts = np.append(steps, rec.end - video_t[-1]), video_t
     rows = []
     for m in range(minutes):
         a, b = t0 + 60 * m, t0 + 60 * (m + 1)
         frames = int(((video_t >= a) & (video_t < b)).sum())
-        in_minute = steps[(video_t[:-1] >= a) & (video_t[:-1] < b)] if len(steps) else steps
+        in_minute = steps[(starts >= a) & (starts < b)]
         turns = [t for t in rec.turns if a <= t.voice_end < b]
         latencies = [t.latency_ms for t in turns if t.latency_ms is not None]
         sent = [t.stages_ms["first_audio_sent"] for t in turns if "first_audio_sent" in t.stages_ms]
@@ -249,6 +265,7 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
     """The run's summary figures and each target: True (met), False, or None (the
     run was too short or gave too little to judge it).
 
+    - the session lasted: the server did not end it before the run's end.
     - freezes: none after the first ``settle_s``.
     - A/V offset: the median over the first and over the last :data:`TREND_TURNS`
       turns with a measurable offset, each within :data:`TARGET_AV_MS`.
@@ -268,9 +285,10 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
     later = [x for x in latencies[1:] if x is not None]
     early, late = later[:TREND_TURNS], later[-TREND_TURNS:]
     trend = _median(late) / _median(early) if len(later) >= 2 * TREND_TURNS else math.nan
-    startup = [g for g in gaps(rec.video_t, FREEZE_S) if g.start < rec.start + settle_s]
+    startup = [g for g in video_gaps(rec, FREEZE_S) if g.start < rec.start + settle_s]
     summary = {
         "minutes": len(rows),
+        "session_ended_early": rec.ended,
         "fps_min": min((r["fps"] for r in rows), default=math.nan),
         "freezes": sum(int(r["freezes"]) for r in rows),
         "startup_gaps_over_200ms": len(startup),
@@ -296,6 +314,7 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
     }
     av_known = not (math.isnan(av_start) or math.isnan(av_end))
     checks: dict[str, bool | None] = {
+        "session_lasted": not rec.ended,
         "no_freezes": summary["freezes"] == 0,
         "av_in_sync": max(abs(av_start), abs(av_end)) <= TARGET_AV_MS if av_known else None,
         "rss_flat": None if math.isnan(growth) else growth <= TARGET_RSS_GROWTH_PCT,
