@@ -286,6 +286,10 @@ def test_the_mouth_probe_follows_the_real_face_s_voice(lead):
 # ------------------------------------------------------------------ a live soak
 
 
+FPS_FLOOR = 20.0  # provisional: sized from five CI runs below
+FREEZES_CEILING = 0
+
+
 @pytest.mark.slow
 def test_a_three_minute_soak_meets_what_two_cores_can_hold():
     """The CI soak: a fresh server, the scripted client, 3 minutes (~4 min in all)."""
