@@ -39,7 +39,7 @@ from pathlib import Path
 
 from runtime.dialogue.base import DialogueBackend, GenerationOptions, Message, PromptWarming
 from runtime.errors import ConfigError, DialogueError
-from voice.sentences import SentenceCutter
+from voice.sentences import CLOSERS, SOFT_BREAKS, SentenceCutter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ def system_prompt(persona: Persona) -> str:
             "and tell them to call the care staff.",
         ]
     return "\n".join(lines)
+
+
+def _ends_sentence(piece: str) -> bool:
+    """Whether a piece from the cutter ends a sentence (not a first clause cut at a comma)."""
+    return not piece.rstrip("".join(CLOSERS)).endswith(tuple(SOFT_BREAKS))
 
 
 class ConversationMemory:
@@ -249,15 +254,24 @@ class ConversationOptions:
         generation: sampling options passed to the backend.
         attempts: tries per reply (1 disables the retry); only before any sentence.
         retry_delay_s: pause before a retry.
+        first_clause_chars: when set, the reply's first sentence is also cut at its
+            first comma after this many characters, so its first clause is spoken while
+            the model still writes the rest (it does not count as a sentence of
+            ``Persona.max_sentences``). None: whole sentences only.
     """
 
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     attempts: int = 2
     retry_delay_s: float = 0.25
+    first_clause_chars: int | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ConfigError(f"conversation.attempts must be >= 1, got {self.attempts}")
+        if self.first_clause_chars is not None and self.first_clause_chars < 1:
+            raise ConfigError(
+                f"conversation.first_clause_chars must be >= 1, got {self.first_clause_chars}"
+            )
 
 
 class Conversation:
@@ -361,7 +375,8 @@ class Conversation:
                         async for sentence in sentences:
                             spoken.append(sentence)
                             yield sentence
-                            if limit is not None and len(spoken) >= limit:
+                            ended = sum(1 for s in spoken if _ends_sentence(s))
+                            if limit is not None and ended >= limit:
                                 return
                     return
                 except DialogueError as exc:
@@ -390,7 +405,7 @@ class Conversation:
         self._warm_later(person_id)
 
     async def _sentences(self, messages: list[Message], person_id: str) -> AsyncIterator[str]:
-        cutter = SentenceCutter()
+        cutter = SentenceCutter(min_first_chars=self.options.first_clause_chars)
         options = replace(self.options.generation, cache_slot=person_id)
         stream = self.backend.stream(messages, options)
         async with contextlib.aclosing(stream) as pieces:

@@ -25,7 +25,7 @@ from runtime.dialogue.conversation import (
 )
 from runtime.dialogue.llamacpp import LlamaCppChat, LlamaCppOptions
 from runtime.dialogue.openai import OpenAIChat, OpenAIOptions
-from runtime.errors import DialogueError
+from runtime.errors import ConfigError, DialogueError
 from tests.runtime.openai_server import Behaviour, ChatServer
 
 FIRST, SECOND, THIRD = (
@@ -271,3 +271,24 @@ async def test_reply_with_the_embedded_model(memory: ConversationMemory) -> None
         await backend.aclose()
     assert 1 <= len(sentences) <= 2 and all(s.strip() for s in sentences)
     assert memory.history("ann")[-1] == Message("assistant", " ".join(sentences))
+
+
+async def test_the_first_clause_is_spoken_before_its_sentence_ends_and_is_no_sentence(
+    server: ChatServer, chat: OpenAIChat, memory: ConversationMemory
+) -> None:
+    server.reset(
+        Behaviour(reply="Oh, what a lovely morning it is, my friend. It is sunny. Bye now. More.")
+    )
+    options = ConversationOptions(retry_delay_s=0.01, first_clause_chars=10)
+    persona = Persona(max_sentences=3)
+    pieces = [s async for s in talk(chat, memory, persona, options).reply("ann", "Hi")]
+    # "Oh," is too short to stand alone; the first comma after 10 characters cuts.
+    assert pieces == [
+        "Oh, what a lovely morning it is,",
+        "my friend.",
+        "It is sunny.",
+        "Bye now.",
+    ]  # three sentences: the clause did not use up one of them
+    assert memory.history("ann")[-1] == Message("assistant", " ".join(pieces))
+    with pytest.raises(ConfigError, match="first_clause_chars"):
+        ConversationOptions(first_clause_chars=0)
