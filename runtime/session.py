@@ -353,7 +353,7 @@ class Session:
     async def _push(self, segment: Segment, sentence: str, chunk: SpeechChunk) -> None:
         wait = segment.unplayed(self.clock.now()) - REPLY_AHEAD_S
         while wait > 0:  # back-pressure: the LLM and TTS pause while this much waits
-            await asyncio.sleep(min(wait, 0.5))
+            await asyncio.sleep(min(max(wait, 0.02), 0.5))
             wait = segment.unplayed(self.clock.now()) - REPLY_AHEAD_S
         self.latencies.mark("first_audio", turn=segment.turn)
         pushed = self.segments.push(segment, sentence, chunk)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver
+from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamTrack
 
 CONNECT_TIMEOUT = 15.0  # seconds for ICE and DTLS on loopback
@@ -32,12 +32,16 @@ class Loopback:
         server: the runtime's side.
         client_received: the client's remote tracks, in the order of ``server_tracks``.
         server_received: the server's remote tracks, in the order of ``client_tracks``.
+        client_channel: the client's "events" data channel (``events=True``), open.
+        server_channel: the same channel on the server's side.
     """
 
     client: RTCPeerConnection
     server: RTCPeerConnection
     client_received: list[MediaStreamTrack]
     server_received: list[MediaStreamTrack]
+    client_channel: RTCDataChannel | None = None
+    server_channel: RTCDataChannel | None = None
 
 
 def _remote_tracks(
@@ -60,6 +64,7 @@ async def _connected(pc: RTCPeerConnection) -> None:
 async def rtc_loopback(
     server_tracks: Sequence[MediaStreamTrack] = (),
     client_tracks: Sequence[MediaStreamTrack] = (),
+    events: bool = False,
 ) -> AsyncIterator[Loopback]:
     """Connect a client and a server peer; close both on exit.
 
@@ -67,6 +72,7 @@ async def rtc_loopback(
         server_tracks: what the server sends (e.g. ``AudioOut``, ``VideoOut``); at most
             one per kind beyond the client's own tracks of that kind.
         client_tracks: what the client sends (e.g. a microphone track).
+        events: the client also opens an "events" data channel, as the pages do.
 
     Yields:
         The connected :class:`Loopback`. Read the received tracks with ``recv()``; they
@@ -83,6 +89,9 @@ async def rtc_loopback(
                 client_kinds.remove(track.kind)  # rides on the client's sendrecv transceiver
             else:
                 client.addTransceiver(track.kind, direction="recvonly")
+        channel = client.createDataChannel("events") if events else None
+        server_channels: list[RTCDataChannel] = []
+        server.on("datachannel", server_channels.append)
         await client.setLocalDescription(await client.createOffer())
         await server.setRemoteDescription(client.localDescription)
         for track in server_tracks:
@@ -91,11 +100,17 @@ async def rtc_loopback(
         await client.setRemoteDescription(server.localDescription)
         async with asyncio.timeout(CONNECT_TIMEOUT):
             await asyncio.gather(_connected(client), _connected(server))
+            while channel is not None:
+                if channel.readyState == "open" and server_channels:
+                    break
+                await asyncio.sleep(0.02)
         yield Loopback(
             client=client,
             server=server,
             client_received=_remote_tracks(server, client, server_tracks),
             server_received=_remote_tracks(client, server, client_tracks),
+            client_channel=channel,
+            server_channel=server_channels[0] if server_channels else None,
         )
     finally:
         await client.close()

@@ -147,6 +147,7 @@ class Microphone:
         self._speech: list[tuple[float, float]] = []
         self._sent = 0
         self._ended = False
+        self._vanished = False
         self._time_base = fractions.Fraction(1, RATE)
 
     def say(self, seconds: float, at: float | None = None) -> tuple[float, float]:
@@ -158,6 +159,10 @@ class Microphone:
     def hang_up(self) -> None:
         self._ended = True
 
+    def vanish(self) -> None:
+        """The page is gone without a word: no more frames, and the track never ends."""
+        self._vanished = True
+
     @property
     def readyState(self) -> str:  # noqa: N802 - aiortc's (and the browser's) name
         return "ended" if self._ended else "live"
@@ -165,6 +170,8 @@ class Microphone:
     async def recv(self) -> av.AudioFrame:
         start = self._sent / RATE
         await self.clock.sleep_until(start + BLOCK / RATE)  # a frame leaves once recorded
+        if self._vanished:
+            await asyncio.Event().wait()  # until the session stops reading
         if self._ended:
             raise MediaStreamError
         t = start + np.arange(BLOCK) / RATE

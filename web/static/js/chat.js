@@ -3,8 +3,13 @@
 // URL parameters: autostart=1 (start without pressing Start; needs an autoplay-permissive
 // browser), avatar=<id>, deployment=<name>, camera=1 (tick "Share my camera"),
 // captions=0 (start with captions hidden).
+//
+// A dead server is noticed within 2 s (heartbeat.js: no heartbeat and no new frame for
+// 1.5 s): the page says the connection was lost and offers "Reconnect now" while it
+// retries with back-off.
 
 import { CompanionConnection, cutAtHeard, likenessHooks, loadConfig, meter, readParams } from "./rtc.js";
+import { Heartbeat } from "./heartbeat.js";
 
 const params = readParams();
 const hooks = likenessHooks("chat");
@@ -36,6 +41,7 @@ const metricsList = document.getElementById("metrics-list");
 const STATE_TEXT = {
   idle: "Not connected",
   connecting: "Connecting",
+  reconnecting: "Reconnecting",
   listening: "Listening",
   thinking: "Thinking",
   speaking: "Speaking",
@@ -44,6 +50,7 @@ const STATE_TEXT = {
 const MAX_REPLY_SENTENCES = 2;
 
 let conn = null;
+let heartbeat = null;
 let everConnected = false; // this conversation: "connection lost" vs "cannot reach"
 let personaName = "Companion";
 let turnReplies = [];
@@ -151,7 +158,16 @@ function setRunning(running) {
   }
 }
 
+/** The server went silent (no heartbeat, no frame): say so and offer to reconnect. */
+function onServerSilent() {
+  hooks.deadAt = Date.now();
+  showState("reconnecting");
+  if (conn) conn.reconnect("no heartbeat");
+}
+
 function onConnectionChange(change) {
+  if (heartbeat && change.status === "connected") heartbeat.connected();
+  else if (heartbeat) heartbeat.disconnected();
   if (change.status === "connected") everConnected = true;
   showStatus(change);
   if (change.status === "connected") {
@@ -161,8 +177,10 @@ function onConnectionChange(change) {
       selfView.srcObject = local;
       selfView.hidden = false;
     }
-  } else if (change.status === "connecting" || change.status === "reconnecting") {
+  } else if (change.status === "connecting") {
     showState("connecting");
+  } else if (change.status === "reconnecting") {
+    showState(everConnected ? "reconnecting" : "connecting");
   } else if (["ended", "failed", "closed"].includes(change.status)) {
     showState(change.status === "ended" ? "ended" : "idle");
     conn = null;
@@ -223,7 +241,10 @@ function start() {
     onAutoplayBlocked: () => {
       soundButton.hidden = false;
     },
+    onMessage: () => heartbeat && heartbeat.seen(),
   });
+  const current = conn;
+  heartbeat = new Heartbeat({ send: (message) => current.send(message), onDead: onServerSilent });
   conn.start();
 }
 

@@ -11,6 +11,10 @@
 //   debug=1            show connection details in the status line
 //
 // Distress alerts from the server are never shown here (staff are told by the server).
+//
+// A dead server is noticed within 2 s (heartbeat.js: no heartbeat and no new frame for
+// 1.5 s): the badge says "Reconnecting" and the frozen face dims at once; GET health is
+// polled and the kiosk reconnects the moment the server is ready again.
 
 import {
   CompanionConnection,
@@ -21,6 +25,7 @@ import {
   normalizeVolume,
   readParams,
 } from "./rtc.js";
+import { HealthPoller, Heartbeat } from "./heartbeat.js";
 
 const params = readParams();
 const hooks = likenessHooks("kiosk");
@@ -37,6 +42,7 @@ const soundHint = document.getElementById("sound-hint");
 const STATE_TEXT = {
   idle: "Starting",
   connecting: "Connecting",
+  reconnecting: "Reconnecting",
   listening: "Listening",
   thinking: "Thinking",
   speaking: "Speaking",
@@ -50,6 +56,7 @@ const MIN_UPTIME_BEFORE_RELOAD_MS = 60 * 1000;
 const CAPTION_CLEAR_MS = 30 * 1000; // clear captions after this long without new words
 const MIN_FONT_FACTOR = 0.5; // a long caption may shrink to half size to fit its row
 const MAX_REPLY_SENTENCES = 2; // the one being spoken and the one before
+const HEALTH_RETRY_GAP_MS = 2000; // a ready /health skips the back-off at most this often
 
 const idleMs = params.num("idle", 90, { min: 5, max: 24 * 3600 }) * 1000;
 const reloadAfter = params.num("reload_after", 20, { min: 0, max: 10000 });
@@ -57,6 +64,8 @@ const debug = params.bool("debug", false);
 const loadedAt = Date.now();
 
 let conn = null;
+let heartbeat = null;
+let lastHealthRetry = 0;
 let lastActivity = Date.now();
 let captionTimer = null;
 let turnReplies = [];
@@ -65,6 +74,16 @@ const jsErrors = [];
 
 hooks.jsErrors = 0;
 hooks.idle = false;
+hooks.deadAt = null; // Date.now() when the page last showed a dead server
+hooks.backAt = null; // Date.now() when it last came back (connected again)
+
+const health = new HealthPoller({
+  onReady: () => {
+    if (!conn || conn.status !== "reconnecting" || Date.now() - lastHealthRetry < HEALTH_RETRY_GAP_MS) return;
+    lastHealthRetry = Date.now();
+    conn.retryNow(); // the server is ready: do not wait for the back-off
+  },
+});
 
 // -- recovery -------------------------------------------------------------------------
 
@@ -190,16 +209,36 @@ function onState(state) {
   else if (state === "listening") lastActivity = Date.now(); // quiet time counts from here
 }
 
+/** The server went silent (no heartbeat, no frame): say so now, then reconnect. */
+function onServerSilent() {
+  hooks.deadAt = Date.now();
+  showReconnecting();
+  showStatus("Just a moment: reconnecting…");
+  conn.reconnect("no heartbeat");
+}
+
+/** Never "Listening" over a frozen face: the badge says it, the picture dims. */
+function showReconnecting() {
+  showState("reconnecting");
+  document.body.classList.add("is-reconnecting");
+}
+
 function onConnectionChange(change) {
   const { status, attempt, delayMs, reason } = change;
+  if (status === "connected") heartbeat.connected();
+  else heartbeat.disconnected();
+  if (status !== "reconnecting") health.stop();
   if (status === "connected") {
+    hooks.backAt = Date.now();
+    document.body.classList.remove("is-reconnecting");
     showStatus(debug ? `Connected (session ${conn.sessionId ?? "?"})` : "");
     showState(conn.state || "listening");
   } else if (status === "connecting") {
     showState("connecting");
     showStatus("Connecting…");
   } else if (status === "reconnecting") {
-    showState("connecting");
+    showReconnecting();
+    health.start();
     const detail = debug ? ` (attempt ${attempt}, ${reason ?? "retry"}, ${Math.round((delayMs || 0) / 1000)} s)` : "";
     showStatus(`Just a moment: reconnecting…${detail}`);
     if (reloadAfter > 0 && attempt > reloadAfter) scheduleReload(`${attempt - 1} failed reconnects`);
@@ -287,6 +326,7 @@ async function main() {
     onReply,
     onInterrupted,
     onAutoplayBlocked,
+    onMessage: () => heartbeat.seen(),
     onAlert: () => {
       /* nothing on screen: the server tells staff */
     },
@@ -294,6 +334,7 @@ async function main() {
       if (debug) console.warn("likeness kiosk:", err.code, err.message);
     },
   });
+  heartbeat = new Heartbeat({ send: (message) => conn.send(message), onDead: onServerSilent });
   conn.start();
 }
 
