@@ -31,6 +31,7 @@ from runtime.safety import (
 )
 from voice.asr import ASROptions, WhisperASR
 from voice.tts.base import TTSBackend, VoiceCloneGate, deny_all_clones
+from voice.turns import EagerTurns
 from voice.vad import SileroVAD, TurnDetector, VADOptions
 
 if TYPE_CHECKING:
@@ -70,12 +71,24 @@ def vad_options(settings: Settings) -> VADOptions:
         speech_pad_ms=v.speech_pad_ms,
         max_turn_s=v.max_turn_s,
         progress_ms=settings.asr.partial_interval_ms if settings.asr.partials else 0,
+        pause_ms=v.pause_ms if 0 < v.pause_ms < v.min_silence_ms else 0,
     )
 
 
 def load_turn_detector(settings: Settings) -> TurnDetector:
-    """A fresh end-of-turn detector (one per audio stream)."""
+    """A fresh end-of-turn detector (one per audio stream; blocking: loads Silero)."""
     return TurnDetector(SileroVAD.load(), vad_options(settings))
+
+
+def turns(settings: Settings, asr: WhisperASR) -> TurnDetector | EagerTurns:
+    """A live session's end-of-turn detector (blocking: loads Silero).
+
+    With ``vad.pause_ms`` set (shorter than ``min_silence_ms``), a turn may end at a
+    pause once ``asr`` heard its words form a finished sentence, transcript attached
+    (:class:`voice.turns.EagerTurns`); otherwise the plain detector.
+    """
+    detector = load_turn_detector(settings)
+    return EagerTurns(detector, asr.transcribe) if detector.options.pause_ms else detector
 
 
 def load_asr(

@@ -48,6 +48,13 @@ class VADConfig(_Section):
     min_speech_ms: int = Field(250, ge=30, le=10_000, description="shorter bursts are ignored")
     speech_pad_ms: int = Field(150, ge=0, le=2_000, description="audio kept around speech")
     max_turn_s: float = Field(30.0, gt=1, le=600, description="a turn is cut after this long")
+    pause_ms: int = Field(
+        300,
+        ge=0,
+        le=10_000,
+        description="at a pause this long, transcribe; end the turn there if the words form "
+        "a finished sentence (0: always wait min_silence_ms; no effect unless shorter)",
+    )
 
 
 class ASRConfig(_Section):

@@ -97,7 +97,7 @@ class Session:
             whenever the revocation epoch moves; None for the synthetic face.
         clock: the media clock of both tracks (a fresh :class:`MediaClock` by default).
         turn_detector: makes the session's end-of-turn detector (blocking: it loads
-            Silero; called in a worker thread). Default: ``components.load_turn_detector``.
+            Silero; called in a worker thread). Default: ``components.turns``.
         peer_timeout_s: the client counts as gone after this long without a message
             or inbound media (once it was heard).
     """
@@ -125,7 +125,7 @@ class Session:
         self._send = send_event
         self._on_close = on_close
         self.consent = consent
-        self._turn_detector = turn_detector or partial(components.load_turn_detector, settings)
+        self._turn_detector = turn_detector or partial(components.turns, settings, models.asr)
         self._withdrawn = False
         self.generator = generator
         self.fps = generator.fps
@@ -301,7 +301,7 @@ class Session:
         self._turn += 1
         number = self._turn
         self._set_state("thinking")
-        heard = await self.models.asr.transcribe(turn.audio)
+        heard = turn.transcript or await self.models.asr.transcribe(turn.audio)  # voice.turns
         self.latencies.begin(number, turn.detected_at, time.monotonic())
         if not heard.text.strip():
             self._set_state("listening")

@@ -3,9 +3,10 @@
 :class:`SileroVAD` scores 32 ms frames; :class:`TurnDetector` turns the scores into
 events — :class:`SpeechStarted` once speech lasted ``min_speech_ms`` (the runtime
 uses it for barge-in), optional :class:`SpeechProgress` snapshots while the person
-speaks (for partial transcripts), and :class:`TurnEnded` with the turn's audio once
-``min_silence_ms`` of silence followed. Feed audio with ``push()`` or use ``run()``
-as a streaming stage.
+speaks (for partial transcripts), optional :class:`SpeechPaused` once per pause of
+``pause_ms`` (:mod:`voice.turns` may end the turn there), and :class:`TurnEnded` with
+the turn's audio once ``min_silence_ms`` of silence followed. Feed audio with
+``push()`` or use ``run()`` as a streaming stage.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import soxr
 
 from voice.errors import AudioInputError, ModelNotFoundError
-from voice.types import AudioChunk
+from voice.types import AudioChunk, Transcript
 
 SAMPLE_RATE = 16_000
 FRAME = 512  # samples per Silero frame at 16 kHz (32 ms)
@@ -36,6 +37,8 @@ class VADOptions:
         speech_pad_ms: audio kept before and after the speech in a turn's audio.
         max_turn_s: a turn longer than this is cut and ended.
         progress_ms: emit SpeechProgress this often while speaking; 0 = never.
+        pause_ms: emit SpeechPaused once silence after speech lasted this long (once
+            per pause; shorter than ``min_silence_ms`` to matter); 0 = never.
     """
 
     threshold: float = 0.5
@@ -44,6 +47,7 @@ class VADOptions:
     speech_pad_ms: int = 150
     max_turn_s: float = 30.0
     progress_ms: int = 0
+    pause_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +66,15 @@ class SpeechProgress:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class SpeechPaused:
+    """The person has been silent for ``pause_ms``; ``audio`` is the turn so far, the
+    same span (and samples) a :class:`TurnEnded` gets if no speech comes before it."""
+
+    start: float
+    audio: AudioChunk
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class TurnEnded:
     """A finished turn.
 
@@ -70,15 +83,18 @@ class TurnEnded:
         end: end of the last speech frame, seconds.
         audio: the turn's audio with ``speech_pad_ms`` either side; ``audio.pts`` is its start.
         detected_at: wall-clock ``time.monotonic()`` when the end was detected.
+        transcript: the turn's words when they are known already (:mod:`voice.turns`
+            transcribed them at a pause); None: transcribe ``audio``.
     """
 
     start: float
     end: float
     audio: AudioChunk
     detected_at: float
+    transcript: Transcript | None = None
 
 
-VADEvent = SpeechStarted | SpeechProgress | TurnEnded
+VADEvent = SpeechStarted | SpeechProgress | SpeechPaused | TurnEnded
 
 
 class SileroVAD:
@@ -139,12 +155,25 @@ class TurnDetector:
         self._last_speech_end = 0
         self._silence_from: int | None = None
         self._last_progress = 0
+        self._pause_told = False
         self.vad.reset()
 
     @property
     def speaking(self) -> bool:
         """True between SpeechStarted and TurnEnded."""
         return self._speaking
+
+    @property
+    def paused(self) -> bool:
+        """True while a turn is open and the person is silent (a pause, maybe its end)."""
+        return self._speaking and self._silence_from is not None
+
+    def end_turn_now(self) -> TurnEnded | None:
+        """End the open turn at once if the person is silent (None otherwise): the
+        caller knows the words already form a finished turn."""
+        if not self.paused:
+            return None
+        return self._end_turn(self._last_speech_end)
 
     def reset(self) -> None:
         """Drop all state and audio (e.g. after a session ends)."""
@@ -187,6 +216,7 @@ class TurnDetector:
         events: list[VADEvent] = []
         if prob >= opts.threshold:
             self._silence_from = None
+            self._pause_told = False
             self._last_speech_end = self._pos
             if not self._speaking:
                 if self._candidate is None:
@@ -203,10 +233,22 @@ class TurnDetector:
             elif self._silence_from is None:
                 self._silence_from = start
         if self._speaking:
-            if self._silence_from is not None and self._pos - self._silence_from >= self._ms(
-                opts.min_silence_ms
-            ):
+            silent = None if self._silence_from is None else self._pos - self._silence_from
+            if silent is not None and silent >= self._ms(opts.min_silence_ms):
                 events.append(self._end_turn(self._last_speech_end))
+            elif (
+                silent is not None
+                and opts.pause_ms
+                and not self._pause_told
+                and silent >= self._ms(opts.pause_ms)
+            ):
+                self._pause_told = True
+                events.append(
+                    SpeechPaused(
+                        start=self._speech_start / SAMPLE_RATE,
+                        audio=self._slice(self._speech_start, self._last_speech_end),
+                    )
+                )
             elif self._pos - self._speech_start >= int(opts.max_turn_s * SAMPLE_RATE):
                 events.append(self._end_turn(self._pos))
             elif opts.progress_ms and self._pos - self._last_progress >= self._ms(opts.progress_ms):
@@ -245,16 +287,22 @@ class TurnDetector:
         Scoring is light (≈0.1 ms per 32 ms frame) and runs inline; resampling to
         16 kHz keeps its filter state across chunks.
         """
-        stream: soxr.ResampleStream | None = None
-        rate: int | None = None
-        async for chunk in src:
-            pcm = chunk.pcm
-            if chunk.sample_rate != SAMPLE_RATE:
-                if stream is None or rate != chunk.sample_rate:
-                    rate = chunk.sample_rate
-                    stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
-                pcm = stream.resample_chunk(pcm)
+        async for pcm in at_16k(src):
             for event in self.push(pcm):
                 yield event
         for event in self.flush():
             yield event
+
+
+async def at_16k(src: AsyncIterator[AudioChunk]) -> AsyncIterator[np.ndarray]:
+    """The chunks' samples at 16 kHz, resampled as one stream (filter state kept)."""
+    stream: soxr.ResampleStream | None = None
+    rate: int | None = None
+    async for chunk in src:
+        pcm = chunk.pcm
+        if chunk.sample_rate != SAMPLE_RATE:
+            if stream is None or rate != chunk.sample_rate:
+                rate = chunk.sample_rate
+                stream = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
+            pcm = stream.resample_chunk(pcm)
+        yield pcm
