@@ -285,6 +285,13 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
     later = [x for x in latencies[1:] if x is not None]
     early, late = later[:TREND_TURNS], later[-TREND_TURNS:]
     trend = _median(late) / _median(early) if len(later) >= 2 * TREND_TURNS else math.nan
+    # The server's stages start when its VAD decided the turn was over (after its
+    # end-of-turn silence), the client's at the end of the speech itself.
+    unseen = [
+        t.latency_ms - t.stages_ms["first_audio_sent"]
+        for t in rec.turns
+        if t.latency_ms is not None and "first_audio_sent" in t.stages_ms
+    ]
     startup = [g for g in video_gaps(rec, FREEZE_S) if g.start < rec.start + settle_s]
     summary = {
         "minutes": len(rows),
@@ -308,6 +315,7 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
         "first_turn_ms": latencies[0] if latencies and latencies[0] is not None else math.nan,
         "turn_p50_ms": _pct(later, 50),
         "turn_p95_ms": _pct(later, 95),
+        "client_after_server_sent_p50_ms": _median(unseen),
         "turn_early_ms": _median(early),
         "turn_late_ms": _median(late),
         "turn_trend": trend,

@@ -234,6 +234,8 @@ def test_the_turn_trend_flags_slower_every_turn(latencies, ok):
     judged = verdict(rec, minute_rows(rec, 3))
     assert judged["targets"]["turns_flat"] is ok
     assert judged["summary"]["first_turn_ms"] == pytest.approx(4100)
+    # Each turn's first audio was sent 100 ms before the client heard it.
+    assert judged["summary"]["client_after_server_sent_p50_ms"] == pytest.approx(100)
 
 
 @pytest.mark.parametrize(
