@@ -300,6 +300,8 @@ class Conversation:
             forget = memory.on_forget
 
             def forget_both(person_id: str) -> None:
+                if self._warming is not None:
+                    self._warming.cancel()
                 backend.forget(person_id)  # the person's evaluated history goes too
                 if forget is not None:
                     forget(person_id)

@@ -266,6 +266,7 @@ class LlamaCppChat:
 
     def _warm(self, messages: Sequence[Message], slot: str | None, stop: threading.Event) -> None:
         llama = self._llama
+        epoch = self._states.epoch(slot) if slot is not None else 0
         target = self._prompt.next_turn_prefix(messages)
         if len(target) >= self.options.n_ctx - 1:
             return  # the reply will say the prompt is too long
@@ -279,8 +280,8 @@ class LlamaCppChat:
             llama.eval(target[at : at + WARM_CHUNK])
             at += WARM_CHUNK
         evaluated = sum(llama.eval_log)
-        if evaluated:
-            self._save(slot)
+        if evaluated and not stop.is_set():
+            self._save(slot, epoch)
         self.last_warm = PromptStats(len(target), have, evaluated, restored)
 
     def _prepare(self, tokens: Sequence[int], slot: str | None) -> tuple[int, bool]:
@@ -311,7 +312,7 @@ class LlamaCppChat:
         llama.n_tokens = n
         llama._requires_eval = True  # noqa: SLF001 - no logits until the next eval
 
-    def _save(self, slot: str | None) -> None:
+    def _save(self, slot: str | None, epoch: int) -> None:
         import llama_cpp
 
         llama = self._llama
@@ -320,7 +321,7 @@ class LlamaCppChat:
         buffer = (ctypes.c_uint8 * size)()
         written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
         tokens = tuple(int(t) for t in llama.input_ids[: llama.n_tokens])
-        self._states.put(slot, SavedState(tokens, bytes(buffer)[:written]))
+        self._states.put(slot, SavedState(tokens, bytes(buffer)[:written]), epoch)
 
     async def stream(
         self, messages: Sequence[Message], options: GenerationOptions

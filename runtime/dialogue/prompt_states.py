@@ -59,6 +59,7 @@ class PromptStates:
         self.capacity_bytes = capacity_bytes
         self._slots: OrderedDict[str, SavedState] = OrderedDict()
         self._shared: list[SavedState] = []
+        self._forgotten: dict[str, int] = {}  # times each slot was forgotten
         self._lock = threading.Lock()
 
     @property
@@ -72,9 +73,20 @@ class PromptStates:
         with self._lock:
             return list(self._slots)
 
-    def put(self, slot: str | None, state: SavedState) -> None:
-        """Keep ``state`` as ``slot``'s (None: a shared persona state, system prompt only)."""
+    def epoch(self, slot: str) -> int:
+        """How many times ``slot`` was forgotten; hand it to :meth:`put`."""
         with self._lock:
+            return self._forgotten.get(slot, 0)
+
+    def put(self, slot: str | None, state: SavedState, epoch: int = 0) -> None:
+        """Keep ``state`` as ``slot``'s (None: a shared persona state, system prompt only).
+
+        ``epoch`` is :meth:`epoch` from before the state was computed: a slot forgotten
+        meanwhile (its person left while the state was being evaluated) stays empty.
+        """
+        with self._lock:
+            if slot is not None and self._forgotten.get(slot, 0) != epoch:
+                return
             if slot is None:
                 if any(s.tokens == state.tokens for s in self._shared):
                     return
@@ -108,3 +120,4 @@ class PromptStates:
         """Drop ``slot``'s state (the person's history was forgotten)."""
         with self._lock:
             self._slots.pop(slot, None)
+            self._forgotten[slot] = self._forgotten.get(slot, 0) + 1

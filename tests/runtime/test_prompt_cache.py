@@ -141,5 +141,10 @@ def test_saved_states_are_bounded_and_only_a_slots_own_or_shared_are_seen() -> N
     states.put("bob", SavedState((1, 2, 3, 9), b"b" * 60))  # 120 bytes: Ann's goes
     assert states.slots() == ["bob"] and states.slot_bytes == 60
     assert states.best("ann", [1, 2, 3, 4, 5]) == (persona, 3)  # the shared one stays
+    epoch = states.epoch("bob")
     states.forget("bob")
     assert states.slots() == [] and states.best("bob", [1, 2, 3, 9]) == (persona, 3)
+    states.put("bob", SavedState((1, 2, 3, 9), b"b"), epoch)  # computed before the forget
+    assert states.slots() == []
+    states.put("bob", SavedState((1, 2, 3, 9), b"b"), states.epoch("bob"))  # he came back
+    assert states.slots() == ["bob"]
