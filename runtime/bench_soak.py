@@ -176,6 +176,7 @@ async def _session(
 
     def on_video(t: float, frame: Any) -> None:
         rec.video_t.append(t)
+        rec.video_pts.append(float(frame.pts * frame.time_base) if frame.pts is not None else t)
         rec.mouth.append(probe.of_frame(frame))
 
     rng = random.Random(opts.seed)
@@ -296,6 +297,7 @@ MINUTE_COLUMNS = [
     "min",
     "fps",
     "freezes",
+    "at sender",
     "max gap ms",
     "audio gaps",
     "A/V ms",
@@ -318,6 +320,7 @@ def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
         ("minute", 0),
         ("fps", 1),
         ("freezes", 0),
+        ("freezes_at_sender", 0),
         ("max_gap_ms", 0),
         ("audio_gaps", 0),
         ("av_offset_ms", 0),
@@ -335,7 +338,8 @@ def progress_line(row: dict[str, float], minutes: int) -> str:
     """One line per finished minute, for the terminal."""
     return (
         f"minute {row['minute']}/{minutes}: {row['fps']:.1f} fps, {row['freezes']} freezes "
-        f"(max gap {_cell(row['max_gap_ms'])} ms), {row['audio_gaps']} audio gaps, "
+        f"({row['freezes_at_sender']} at the sender, max gap {_cell(row['max_gap_ms'])} ms), "
+        f"{row['audio_gaps']} audio gaps, "
         f"A/V {_cell(row['av_offset_ms'])} ms, {row['turns']} turns "
         f"p50 {_cell(row['turn_p50_ms'])} ms, RSS {_cell(row['rss_mb'])} MB, "
         f"{row['tasks']} tasks"

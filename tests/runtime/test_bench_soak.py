@@ -87,6 +87,21 @@ def test_a_300_ms_hole_is_one_freeze_and_jitter_is_none():
     assert gaps(late, FREEZE_S) == []
 
 
+def test_a_freeze_is_the_sender_s_only_when_the_sent_pts_jump_too():
+    rec = three_minutes()
+    t = np.asarray(rec.video_t)
+    pts = t - t[0]  # sent at 25 fps
+    # Frames 2000-: arrive 300 ms late with steady pts (the network or the client)...
+    t[2000:] += 0.26
+    # ...frames 3000-: the sender skipped 300 ms (pts jump as far as the arrivals).
+    t[3000:] += 0.26
+    pts[3000:] += 0.26
+    rec.video_t, rec.video_pts = list(t), list(pts)
+    rows = minute_rows(rec, 3)
+    assert sum(r["freezes"] for r in rows) == 2
+    assert [r["freezes_at_sender"] for r in rows] == [0, 0, 1]  # frame 3000 is at 2 min
+
+
 def test_audio_gaps_count_only_while_a_reply_plays():
     found = [Gap(2.0, 0.3), Gap(10.0, 0.5)]
     assert within(found, [(9.0, 12.0)]) == [Gap(10.0, 0.5)]
@@ -110,7 +125,7 @@ def test_a_known_shift_is_measured_within_20_ms(shift_ms):
 
 def test_a_mouth_that_does_not_follow_the_voice_gives_no_offset():
     audio_t, rms, video_t, _ = speech_pair(3, 0.0)
-    # Six unrelated noise mouths peaked at 0.06-0.24, under the 0.3 floor.
+    # Six unrelated noise mouths peaked at 0.06-0.24, under the 0.4 floor.
     unrelated = np.random.default_rng(1).normal(size=len(video_t))
     assert av_lag(audio_t, rms, video_t, unrelated, (0.5, 7.5)) is None
     still = np.full(len(video_t), 112.0)
