@@ -3,6 +3,9 @@
 // Signaling is non-trickle: the offer is POSTed once ICE gathering is complete and the
 // answer carries every server candidate.
 //
+//   POST api/rtc/ice -> 200 {iceServers, iceTransportPolicy, expires_at} before each
+//     connection (TURN credentials are minted per connection and expire); 404 (an older
+//     server) falls back to options.iceServers; 429/503 are retried like the offer.
 //   POST api/rtc/offer {sdp, type: "offer", avatar?, deployment?, profile?}
 //     -> 200 {sdp, type: "answer", session_id}
 //     -> 4xx/5xx {error}; 503 comes with Retry-After
@@ -43,7 +46,9 @@ const DEFAULT_OPTIONS = Object.freeze({
   profile: null,
   camera: false,
   mediaElement: null, // <video> that plays the remote voice and face
-  iceServers: [], // the server is reached directly; host candidates are enough
+  iceUrl: "api/rtc/ice", // ICE servers and policy from the server; null = use iceServers
+  iceServers: [], // without iceUrl: the server is reached directly, host candidates
+  iceTransportPolicy: "all", // without iceUrl; "relay" = media only through TURN
   iceGatheringTimeoutMs: 5000, // then send what was gathered
   offerTimeoutMs: 20000,
   connectTimeoutMs: 20000, // answer applied -> data channel open
@@ -112,6 +117,46 @@ export function waitForIceGathering(pc, timeoutMs = 5000) {
     pc.addEventListener("icegatheringstatechange", onState);
     pc.addEventListener("icecandidate", onCandidate);
   });
+}
+
+/**
+ * POST api/rtc/ice: the RTCPeerConnection configuration for the next connection
+ * ({iceServers, iceTransportPolicy}), or null when the server has no such route (404).
+ * Throws a CompanionError (retryable on 429/5xx/network) otherwise.
+ */
+export async function fetchIceConfig(url, timeoutMs = 10000) {
+  const ctrl = new AbortController();
+  const timer = setTimeout(() => ctrl.abort(), timeoutMs);
+  try {
+    let res;
+    try {
+      res = await fetch(url, { method: "POST", cache: "no-store", signal: ctrl.signal });
+    } catch (err) {
+      throw new CompanionError("Cannot reach the companion.", { code: "network", retryable: true, cause: err });
+    }
+    if (res.status === 404) return null;
+    const data = await res.json().catch(() => null);
+    if (!res.ok) {
+      throw new CompanionError(data?.error || `HTTP ${res.status}`, {
+        code: "ice",
+        status: res.status,
+        retryable: res.status >= 500 || res.status === 429,
+        retryAfterMs: parseRetryAfter(res.headers.get("Retry-After")),
+      });
+    }
+    if (!data || !Array.isArray(data.iceServers)) {
+      throw new CompanionError("The companion sent ICE servers this page cannot read.", { code: "ice", retryable: true });
+    }
+    const policy = data.iceTransportPolicy === "relay" ? "relay" : "all";
+    return { iceServers: data.iceServers, iceTransportPolicy: policy };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** How many relay (TURN) candidates an SDP carries. */
+export function relayCandidates(sdp) {
+  return sdp.split(/\r?\n/).filter((line) => line.startsWith("a=candidate") && line.includes(" typ relay")).length;
 }
 
 /** POST the offer; returns {sdp, type, session_id} or throws a CompanionError. */
@@ -286,7 +331,14 @@ export class CompanionConnection {
       const local = await this._ensureLocalMedia();
       if (gen !== this._gen) return;
 
-      const pc = new RTCPeerConnection({ iceServers: this.options.iceServers });
+      const fetched = this.options.iceUrl ? await fetchIceConfig(this.options.iceUrl) : null;
+      if (gen !== this._gen) return;
+      const rtcConfig = fetched ?? {
+        iceServers: this.options.iceServers,
+        iceTransportPolicy: this.options.iceTransportPolicy,
+      };
+      this._hook({ iceTransportPolicy: rtcConfig.iceTransportPolicy });
+      const pc = new RTCPeerConnection(rtcConfig);
       this._pc = pc;
       const remote = new MediaStream();
       this.remoteStream = remote;
@@ -307,6 +359,13 @@ export class CompanionConnection {
       await pc.setLocalDescription(await pc.createOffer());
       await waitForIceGathering(pc, this.options.iceGatheringTimeoutMs);
       if (gen !== this._gen) return;
+      if (rtcConfig.iceTransportPolicy === "relay" && !relayCandidates(pc.localDescription.sdp)) {
+        // Without this the offer would go out with no candidate and fail without a word.
+        throw new CompanionError(
+          "Cannot reach the relay server (TURN): it refused this page's credentials or is unreachable.",
+          { code: "ice", retryable: true },
+        );
+      }
 
       const body = { sdp: pc.localDescription.sdp, type: pc.localDescription.type };
       if (this.options.avatar) body.avatar = this.options.avatar;
