@@ -7,7 +7,8 @@
 //   - calls connected() / disconnected() as the connection's status changes;
 // while connected, the Heartbeat sends {"type":"heartbeat"} back every HEARTBEAT_MS and
 // calls onDead() once when neither a message nor a new video frame arrived for
-// DEAD_AFTER_MS: the server is gone (killed, restarting, unreachable) although the peer
+// DEAD_AFTER_MS (time the page's own timers stood still does not count: after a stall
+// the messages that waited are read first): the server is gone (killed, restarting, unreachable) although the peer
 // connection may still say "connected" for another ten seconds. The page then shows it
 // at once and asks the connection to reconnect (connection.reconnect(reason)).
 //
@@ -17,8 +18,9 @@
 import { meter } from "./media.js";
 
 export const HEARTBEAT_MS = 500; // as the server's HEARTBEAT_S
-export const DEAD_AFTER_MS = 1500; // + one check (CHECK_MS): noticed within 2 s
+export const DEAD_AFTER_MS = 1300; // + one check (CHECK_MS) + timer lag: within 2 s
 const CHECK_MS = 100;
+const STALLED_MS = 400; // a check this late: the page itself stood still (a busy host)
 
 export class Heartbeat {
   /**
@@ -37,6 +39,7 @@ export class Heartbeat {
     this.intervalMs = intervalMs;
     this.deadAfterMs = deadAfterMs;
     this.lastSeenAt = 0; // performance.now() of the last message from the server
+    this._lastCheckAt = 0;
     this.dead = false;
     this._beat = null;
     this._check = null;
@@ -52,6 +55,7 @@ export class Heartbeat {
     this.disconnected();
     this.dead = false;
     this.seen();
+    this._lastCheckAt = performance.now();
     this._beat = setInterval(() => this._send({ type: "heartbeat" }), this.intervalMs);
     this._check = setInterval(() => this._watch(), CHECK_MS);
   }
@@ -69,7 +73,11 @@ export class Heartbeat {
   }
 
   _watch() {
-    if (this.dead || this.silentForMs() < this.deadAfterMs) return;
+    const now = performance.now();
+    const late = now - this._lastCheckAt - CHECK_MS;
+    this._lastCheckAt = now;
+    if (late > STALLED_MS) this.lastSeenAt += late; // not the server's silence
+    if (this.dead || this.silentForMs(now) < this.deadAfterMs) return;
     this.dead = true;
     this.disconnected();
     this._onDead();
