@@ -4,8 +4,9 @@
 // answer carries every server candidate.
 //
 //   POST api/rtc/ice -> 200 {iceServers, iceTransportPolicy, expires_at} before each
-//     connection (TURN credentials are minted per connection and expire); 404 (an older
-//     server) falls back to options.iceServers; 429/503 are retried like the offer.
+//     connection (TURN credentials are minted per connection and expire); 404/405/501
+//     (a server without the route) falls back to options.iceServers; 429/503 are
+//     retried like the offer.
 //   POST api/rtc/offer {sdp, type: "offer", avatar?, deployment?, profile?}
 //     -> 200 {sdp, type: "answer", session_id}
 //     -> 4xx/5xx {error}; 503 comes with Retry-After
@@ -121,7 +122,8 @@ export function waitForIceGathering(pc, timeoutMs = 5000) {
 
 /**
  * POST api/rtc/ice: the RTCPeerConnection configuration for the next connection
- * ({iceServers, iceTransportPolicy}), or null when the server has no such route (404).
+ * ({iceServers, iceTransportPolicy}), or null when the server has no such route
+ * (404, 405, 501).
  * Throws a CompanionError (retryable on 429/5xx/network) otherwise.
  */
 export async function fetchIceConfig(url, timeoutMs = 10000) {
@@ -134,7 +136,7 @@ export async function fetchIceConfig(url, timeoutMs = 10000) {
     } catch (err) {
       throw new CompanionError("Cannot reach the companion.", { code: "network", retryable: true, cause: err });
     }
-    if (res.status === 404) return null;
+    if ([404, 405, 501].includes(res.status)) return null; // a server without the route
     const data = await res.json().catch(() => null);
     if (!res.ok) {
       throw new CompanionError(data?.error || `HTTP ${res.status}`, {
