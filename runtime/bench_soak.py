@@ -209,6 +209,8 @@ async def _session(
                         script.delayed, waiting = script.delayed + 1, True
                 rec.ended = script.ended()
                 await asyncio.sleep(0.05)
+                if (late := time.monotonic() - now - 0.05) > 0.1:
+                    rec.stalls.append((now, late))
         finally:
             rec.end = end
             sampler.cancel()
@@ -245,6 +247,8 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         with server as (url, pid):
             hook = on_minute or (lambda _row: None)
             script = asyncio.run(_session(opts, url, pid, questions, rec, hook))
+        log = Path(tmp) / "server.log"
+        server_log = log.read_text().splitlines()[-20:] if rec.ended and log.is_file() else []
     rows = minute_rows(rec, opts.minutes, SETTLE_S)
     judged = verdict(rec, rows, SETTLE_S)
     word = {True: "pass", False: "fail", None: "n/a"}
@@ -271,6 +275,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         },
         "metrics": metrics,
         "runs": {
+            "server_log_tail": server_log,
             "minutes": rows,
             "turns": [
                 _turn_json(t, rec, q) for t, (_, q) in zip(rec.turns, script.asked, strict=True)

@@ -165,7 +165,9 @@ def test_minute_rows_put_each_event_in_its_minute():
     rec = three_minutes(hole_at=130.0)  # minute 1 is [100, 160)
     rec.turns = [turn(110.0, 2000, 10), turn(140.0, 3000, 20), turn(250.0, 2500, 30)]
     rec.samples[-1] = (275.0, 1030.0, 21)
+    rec.stalls = [(130.0, 0.3), (200.0, 0.15), (210.0, 0.5)]
     rows = minute_rows(rec, 3)
+    assert [r["client_stall_ms"] for r in rows] == pytest.approx([300, 500, 0])
     assert [r["freezes"] for r in rows] == [1, 0, 0]
     assert rows[0]["max_gap_ms"] >= 300 and rows[1]["max_gap_ms"] < 60
     assert [r["turns"] for r in rows] == [2, 0, 1]
