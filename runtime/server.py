@@ -26,6 +26,7 @@ import contextlib
 import json
 import time
 
+from aiortc import RTCIceServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +40,7 @@ from consent.portal import mount as portal_mount
 from consent.portal.auth import PortalError, RateLimiter
 from runtime.companion import Companion, OfferError
 from runtime.config import Settings
+from runtime.errors import ConfigError
 from runtime.logs import get_logger
 from runtime.turn import IceProvider
 from web import STATIC_DIR
@@ -57,6 +59,9 @@ def create_app(settings: Settings) -> Starlette:
     for note in ice.aiortc_notes():
         log.warning(note)
     ice_limiter = RateLimiter(settings.server.ice_per_minute, 60.0)
+
+    def ceremony_ice() -> list[RTCIceServer]:
+        return IceProvider.from_config(settings.server).aiortc_servers()
 
     async def offer(request: Request) -> Response:
         raw = await request.body()
@@ -125,7 +130,12 @@ def create_app(settings: Settings) -> Starlette:
             ice_limiter.hit(request.client.host if request.client else "-", "ICE requests")
         except PortalError as err:
             return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
-        return JSONResponse(ice.for_page(), headers={"Cache-Control": "no-store"})
+        try:  # read now: a rotated turn_secret_file counts from the next connection
+            page = IceProvider.from_config(settings.server).for_page()
+        except ConfigError as err:
+            log.error("cannot mint ICE credentials", error=str(err))
+            return JSONResponse({"error": "ICE servers unavailable"}, 503)
+        return JSONResponse(page, headers={"Cache-Control": "no-store"})
 
     async def health(_: Request) -> Response:
         ready = companion.models is not None
@@ -173,7 +183,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/health", health),
             Route("/metrics", metrics),
             # /api/consent; the ceremony's server peer gets the same ICE servers
-            portal_mount(for_gate(settings, lambda: companion.gate, ice.aiortc_servers)),
+            portal_mount(for_gate(settings, lambda: companion.gate, ceremony_ice)),
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
         ],
         lifespan=lifespan,

@@ -226,3 +226,23 @@ def test_real_coturn_accepts_minted_refuses_forged_and_expired(lab, secret, age_
     else:
         assert err is None, err
         assert "ALLOCATE processed, success" in lab.coturn.log_text()
+
+
+def test_the_server_fails_fast_on_a_turn_url_without_a_secret():
+    from runtime.server import create_app
+
+    with pytest.raises(ConfigError, match=r"server.ice_servers\[0\]: a TURN server needs"):
+        create_app(load_config(server={"ice_servers": ["turn:10.0.0.1:3478"]}))
+
+
+def test_no_credentials_before_the_server_could_take_a_session():
+    from starlette.testclient import TestClient
+
+    from runtime.server import create_app
+
+    settings = load_config(server={"ice_servers": ["turn:10.0.0.1"], "turn_secret": "shh"})
+    client = TestClient(create_app(settings))  # no lifespan: the models are not loaded
+    refused = client.post("/api/rtc/ice")
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "2"
+    assert "credential" not in refused.text
+    assert client.get("/api/rtc/ice").status_code != 200  # POST only: nothing cached
