@@ -106,6 +106,7 @@ class SessionLiveness:
         """End the session when the client went silent (see the module); returns then."""
         loop = asyncio.get_running_loop()
         tick = min(0.25, self.peer_timeout_s / 4)
+        arrived = self.inbound.frames
         while not self.closed:
             before = loop.time()
             await asyncio.sleep(tick)
@@ -115,6 +116,9 @@ class SessionLiveness:
                 self.last_media += stalled
                 if self.last_heard is not None:
                     self.last_heard += stalled
+            if self.inbound.frames != arrived:  # the reader took frames off the track:
+                arrived = self.inbound.frames  # media came, even if the listener is busy
+                self.last_media = now  # (e.g. awaiting Whisper at the end of a turn)
             heard = max(self.last_media, self.last_heard or -math.inf)
             if self.heard_from_client and now - heard > self.peer_timeout_s:
                 reason, timeout = "client gone", self.peer_timeout_s

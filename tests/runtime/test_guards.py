@@ -362,3 +362,25 @@ def test_a_reply_longer_than_the_queues_waits_instead_of_piling_up(tmp_path):
     # Nothing dropped: every block of the 30 s reply was played, in order, once.
     played = [b for _, b in speech]
     assert played == list(range(blocks)), (len(played), blocks)
+
+
+async def test_frames_the_listener_has_not_taken_yet_still_show_a_live_client():
+    """The reader takes frames off the track while the listener awaits Whisper (the end
+    of a turn on a loaded machine): the client is there. Found by ``bench soak``, whose
+    sessions ended as "client gone" at a turn's end under load."""
+    from runtime.liveness import SessionLiveness
+
+    ended: list[str] = []
+    live = SessionLiveness("s", lambda _e: None, ended.append, 20.0, peer_timeout_s=0.4)
+    tasks: list[asyncio.Task] = []
+    live.start(lambda coro, _name: tasks.append(asyncio.ensure_future(coro)))
+    for _ in range(60):  # 1.2 s of frames that reach the reader, none the listener
+        live.inbound.frames += 1
+        await asyncio.sleep(0.02)
+    assert ended == []
+    await asyncio.sleep(0.8)  # no frames at all: now the client is gone
+    assert ended == ["client gone"]
+    live.closed = True
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
