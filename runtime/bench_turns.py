@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -148,11 +149,13 @@ def bench_turns(turns: int = 12, runs: int = 1, url: str | None = None) -> dict[
         raise ValueError(f"runs must be >= 1, got {runs}")
     questions = asyncio.run(synthesize(QUESTIONS[:turns]))
     results: list[list[dict[str, Any]]] = []
+    loads: list[float] = []  # the 1-minute load average after each run: a shared machine
     for _ in range(runs):
         with tempfile.TemporaryDirectory(prefix="likeness-bench-turns-") as tmp:
             server = serve(1, Path(tmp)) if url is None else contextlib.nullcontext((url, None))
             with server as (base, _pid):
                 results.append(asyncio.run(converse(base, questions)))
+        loads.append(os.getloadavg()[0])
     table = summarize(results, turns)
     client = [t.get("client_first_audio_p50_ms", float("nan")) for t in table]
     later = [v for v in client[1:] if v == v]
@@ -161,6 +164,7 @@ def bench_turns(turns: int = 12, runs: int = 1, url: str | None = None) -> dict[
         "later_turns_client_p50_ms": _p50(later),
         "worst_turn_client_p50_ms": max((v for v in client if v == v), default=float("nan")),
         "turns_answered": sum(t["answered"] for t in table),
+        "load_average_max": max(loads),
     }
     metrics["ok"] = bool(
         metrics["turns_answered"] == turns * runs
