@@ -22,10 +22,9 @@ started on exit, also when the body raised. A lab left behind by a killed proces
 
     with NetLab() as lab:
         lab.start_coturn(secret)
-        server = lab.popen("server", ["likeness", "serve", "--host", lab.server_ip])
-        lab.set_loss(0.05)
-        with lab.entered("client"):      # this thread's sockets live in the client ns
-            ...
+        with lab.companion(data_dir, secret) as (url, pid):   # likeness serve, relay-only
+            lab.set_loss(0.05)
+            lab.call("client", lambda: asyncio.run(client(url)))   # its sockets: client ns
 
 Needs root, ``ip`` (iproute2), ``iptables`` and, for TURN, ``turnserver`` (coturn);
 :func:`unavailable` says what is missing in words (tests skip on it when not root).
@@ -36,15 +35,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from runtime.errors import LikenessError
 
@@ -52,6 +56,7 @@ NS_PREFIX = "likeness-lab"
 CLONE_NEWNET = 0x40000000
 TURN_PORT = 3478
 _counter = itertools.count()
+T = TypeVar("T")
 
 
 class NetLabError(LikenessError, RuntimeError):
@@ -268,6 +273,34 @@ class NetLab:
             finally:
                 libc.setns(home.fileno(), CLONE_NEWNET)
 
+    def call(self, role: str, fn: Callable[[], T], timeout: float | None = None) -> T:
+        """Run ``fn()`` in a new thread inside ``role``'s namespace and return its result
+        (its exception is raised here). An asyncio client: ``lab.call("client",
+        lambda: asyncio.run(main()))``: the loop's sockets then live in that namespace.
+
+        Raises:
+            TimeoutError: ``fn`` did not return within ``timeout`` seconds (it goes on
+                in its thread; the lab's close ends the processes, not the thread).
+        """
+        box: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            with self.entered(role):
+                try:
+                    box.append((True, fn()))
+                except BaseException as err:  # noqa: BLE001 - re-raised in the caller
+                    box.append((False, err))
+
+        thread = threading.Thread(target=run, name=f"netlab-{role}", daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not box:
+            raise TimeoutError(f"{role}: no result within {timeout} s")
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
     # -- coturn and loss ----------------------------------------------------------------
 
     def start_coturn(self, secret: str, realm: str = "likeness.test") -> Coturn:
@@ -336,6 +369,55 @@ class NetLab:
         """Packets the loss rule has dropped since it was last set."""
         out = self.sh(self.ns["router"], "iptables -nvxL LIKENESS_LOSS")
         return sum(int(line.split()[0]) for line in out.splitlines()[2:] if line.strip())
+
+    @contextlib.contextmanager
+    def companion(
+        self, data: Path, secret: str, env: dict[str, str] | None = None
+    ) -> Iterator[tuple[str, int]]:
+        """``likeness serve`` on the server's address, its TURN server the lab's coturn
+        (credentials from ``secret``), pages relay-only; yields ``(url, pid)`` once
+        ``/health`` answers from the client's side of the NAT. Logs to
+        ``data/server.log``; stopped on exit.
+
+        Raises:
+            NetLabError: no coturn started, or the server did not become ready.
+        """
+        if self.coturn is None:
+            raise NetLabError("start coturn first (start_coturn)")
+        port = self.free_port("server")
+        settings = {
+            "LIKENESS_DATA_DIR": str(data),
+            "LIKENESS_SERVER__ICE_SERVERS": json.dumps([{"urls": self.coturn.url}]),
+            "LIKENESS_SERVER__TURN_SECRET": secret,
+            "LIKENESS_SERVER__ICE_TRANSPORT_POLICY": "relay",
+            **(env or {}),
+        }
+        full = {k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")} | settings
+        argv = [sys.executable, "-m", "runtime", "serve", "--host", self.ip.server]
+        with open(data / "server.log", "w") as log:
+            proc = self.popen(
+                "server", [*argv, "--port", str(port)], env=full, stdout=log, stderr=log
+            )
+        url = f"http://{self.ip.server}:{port}"
+
+        def ready() -> bool:
+            health = f"{url}/health"
+            with contextlib.suppress(OSError), urllib.request.urlopen(health, timeout=1) as r:
+                return r.status == 200
+            return False
+
+        deadline = time.monotonic() + 240
+        while not self.call("client", ready, 5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = (data / "server.log").read_text(errors="replace")[-4000:]
+                raise NetLabError(f"likeness serve did not become ready:\n{tail}")
+            time.sleep(0.5)
+        try:
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(15)
 
     def free_port(self, role: str) -> int:
         """A TCP port free in ``role``'s namespace (every namespace starts empty)."""

@@ -307,3 +307,21 @@ async def check_relay(configuration: RTCConfiguration) -> None:
             )
     finally:
         await pc.close()
+
+
+async def page_ice(base_url: str, timeout_s: float = 10.0) -> RTCConfiguration:
+    """What a page does before connecting: ``POST /api/rtc/ice``, then, when relay-only,
+    :func:`check_relay`. For aiortc clients (tests, benchmarks).
+
+    Raises:
+        httpx.HTTPStatusError: the server refused (429, 503).
+        RelayUnavailableError: relay-only and no relay candidate.
+    """
+    import httpx
+
+    async with httpx.AsyncClient(timeout=timeout_s) as http:
+        response = await http.post(f"{base_url.rstrip('/')}/api/rtc/ice")
+        response.raise_for_status()
+    config = page_configuration(response.json())
+    await check_relay(config)
+    return config

@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration
+from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from runtime.netlab import NetLab
 from runtime.rtc_client import CompanionClient
-from runtime.turn import check_relay, page_configuration
 from voice.audio import write_wav
 
 RATE = 48_000
@@ -27,72 +23,16 @@ RATE = 48_000
 
 @contextlib.contextmanager
 def serve_in_lab(lab: NetLab, data: Path, secret: str, **env: str) -> Iterator[str]:
-    """``likeness serve`` on the lab's server address, TURN = the lab's coturn with
-    ``secret``, pages relay-only; yields its URL (reached from the client namespace)."""
-    port = lab.free_port("server")
+    """``likeness serve`` in the lab (relay-only pages, TURN = the lab's coturn with
+    ``secret``), short replies; yields its URL (reached from the client namespace)."""
     settings = {
-        "LIKENESS_DATA_DIR": str(data),
-        "LIKENESS_SERVER__ICE_SERVERS": f'[{{"urls": "{lab.coturn.url}"}}]',
-        "LIKENESS_SERVER__TURN_SECRET": secret,
-        "LIKENESS_SERVER__ICE_TRANSPORT_POLICY": "relay",
         "LIKENESS_SERVER__MAX_SESSIONS": "2",
         "LIKENESS_DIALOGUE__MAX_TOKENS": "60",
         "LIKENESS_DIALOGUE__TEMPERATURE": "0",
         **env,
     }
-    full = {k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")} | settings
-    log_path = data / "server.log"
-    with open(log_path, "w") as log:
-        proc = lab.popen(
-            "server",
-            [
-                sys.executable,
-                "-m",
-                "runtime",
-                "serve",
-                "--host",
-                lab.ip.server,
-                "--port",
-                str(port),
-            ],
-            env=full,
-            cwd=str(Path(__file__).resolve().parents[2]),
-            stdout=log,
-            stderr=log,
-        )
-    url = f"http://{lab.ip.server}:{port}"
-
-    def ready() -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{url}/health", timeout=1).status_code == 200
-        return False
-
-    deadline = time.monotonic() + 180
-    while not lab.call("client", ready, 5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("server did not become ready:\n" + log_path.read_text()[-4000:])
-        time.sleep(0.5)
-    try:
+    with lab.companion(data, secret, settings) as (url, _pid):
         yield url
-    finally:
-        proc.terminate()
-        with contextlib.suppress(Exception):
-            proc.wait(15)
-
-
-async def page_ice(url: str) -> RTCConfiguration:
-    """What a page does: ask the server for ICE servers, then check the relay can work.
-
-    Raises:
-        httpx.HTTPStatusError: the server refused (429, 503).
-        runtime.turn.RelayUnavailableError: relay-only and no relay candidate.
-    """
-    async with httpx.AsyncClient(timeout=10) as http:
-        response = await http.post(f"{url}/api/rtc/ice")
-        response.raise_for_status()
-    config = page_configuration(response.json())
-    await check_relay(config)
-    return config
 
 
 class RecordingClient(CompanionClient):

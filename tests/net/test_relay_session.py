@@ -21,14 +21,13 @@ import jiwer
 import numpy as np
 import pytest
 
-from runtime.turn import relay_candidates
+from runtime.turn import page_ice, relay_candidates
 from tests.conftest import piper_speech
 from tests.net.conftest import TURN_SECRET
 from tests.net.relay import (
     RATE,
     RecordingClient,
     chat_page_in_lab,
-    page_ice,
     run_client,
     serve_in_lab,
 )
@@ -36,6 +35,9 @@ from voice.audio import resample, write_wav
 from voice.types import AudioChunk
 
 pytestmark = pytest.mark.slow
+# WER of Whisper tiny.en on the reply's voice as received at 5 % loss against the reply's
+# text: the issue's target. Measured: see WER_RUNS in the module doc.
+WER_LIMIT = 0.3
 ARTIFACTS = Path(
     os.environ.get(
         "LIKENESS_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -80,17 +82,25 @@ async def _next(client: RecordingClient, after: int, within_s: float, **match: A
 
 
 async def ask(client: RecordingClient, question: AudioChunk) -> dict[str, Any]:
-    """Speak ``question``; wait for the whole spoken reply. Returns its text, its voice
-    as received (16 kHz) and the arrival times of the video frames meanwhile."""
+    """Speak ``question``; wait for the whole spoken reply (and any further reply that
+    starts within 1.5 s of it, e.g. after a barge-in set off by loss). Returns the
+    replies' text, their voice as received (16 kHz) and the video frames meanwhile."""
     await _next(client, 0, 20, type="state", state="listening")
     start = len(client.got.events)
     client.mic.say(question.pcm, question.sample_rate)
     speaking = await _next(client, start, 60, type="state", state="speaking")
-    done = await _next(client, speaking, 60, type="state", state="listening")
-    await asyncio.sleep(0.5)  # the tail of the voice is still in flight
+    while True:
+        done = await _next(client, speaking, 60, type="state", state="listening")
+        await asyncio.sleep(1.5)  # the tail of the voice is still in flight
+        try:
+            speaking = await _next(client, done, 0.01, type="state", state="speaking")
+        except TimeoutError:
+            break
     events = client.got.events
-    t0, t1 = events[speaking][0] - 0.3, events[done][0] + 0.5
-    text = " ".join(e["text"] for _, e in events[speaking:done] if e.get("type") == "reply")
+    # From the end of the question: under loss the "speaking" event (data channel,
+    # retransmitted after >= 1 s) can come after the voice it announces.
+    t0, t1 = client.mic.speech_ends[-1], events[done][0] + 0.5
+    text = " ".join(e["text"] for _, e in events[start:done] if e.get("type") == "reply")
     voice = resample(client.voice_between(t0, t1), RATE, 16_000)
     frames = [t for t, _ in client.got.video if t0 <= t <= t1]
     return {"text": text, "voice": voice, "frames": frames, "span_s": t1 - t0}
@@ -143,21 +153,19 @@ def test_relay_only_session_through_nat(relay_server, question, whisper):
     assert error <= 0.3
 
 
-@pytest.mark.parametrize("loss", [0.05, 0.20])
-def test_the_session_survives_loss(relay_server, question, whisper, loss):
+def test_the_reply_stays_intelligible_at_5_percent_loss(relay_server, question, whisper):
     lab, url = relay_server
-    turn = session(lab, url, question, loss)
+    turn = session(lab, url, question, 0.05)
     assert turn["dropped"] > 0, "the loss rule dropped nothing: the test would prove nothing"
     assert turn["state"] == "connected"
-    fps = len(turn["frames"]) / turn["span_s"]
     loud = np.abs(turn["voice"]) > 0.02
     assert loud.sum() / 16_000 >= 0.5, "the reply must be audible (0.5 s of voice)"
-    hypothesis = heard(whisper, turn["voice"], f"net-relay-loss{round(loss * 100)}")
+    hypothesis = heard(whisper, turn["voice"], "net-relay-loss5")
     error = wer(turn["text"], hypothesis)
-    print(f"relay, {loss:.0%} loss: dropped {turn['dropped']}, fps {fps:.1f}, WER {error:.2f}")
-    assert fps >= 5, fps
-    if loss <= 0.05:
-        assert error <= 0.3, (turn["text"], hypothesis)
+    fps = len(turn["frames"]) / turn["span_s"]
+    print(f"relay, 5% loss: dropped {turn['dropped']}, fps {fps:.1f}, WER {error:.2f}")
+    # WER_LIMIT: see its comment.
+    assert error <= WER_LIMIT, (turn["text"], hypothesis)
 
 
 # Shorter than the page's dead-server timeout (web/static/js/heartbeat.js: DEAD_AFTER_MS
@@ -214,15 +222,25 @@ async def loss_burst(page, lab, seconds: float = BURST_S) -> dict[str, float]:
     }
 
 
-async def test_browser_relay_only_and_video_back_within_a_second_of_a_loss_burst(
-    relay_server, tmp_path
-):
+async def _moving(page, seconds: float) -> dict[str, float]:
+    """Frames presented per second over ``seconds`` and the longest wait for a new one."""
+    samples = await _frames_per_20ms(page, seconds)
+    moves = [t for (t, n), (_, m) in zip(samples[1:], samples, strict=False) if n > m]
+    edges = [samples[0][0], *moves, samples[-1][0]]
+    return {
+        "fps": (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]),
+        "longest_wait_s": max(b - a for a, b in zip(edges, edges[1:], strict=False)),
+    }
+
+
+async def test_the_page_relay_only_through_nat_survives_loss_and_a_burst(relay_server, tmp_path):
     """The chat page in Chromium, in the NAT'd namespace: ICE servers from the server,
-    relay-only; then all packets dropped for 2 s: the picture moves again within 1 s.
+    relay-only; 8 s at 20 % loss keep the session; after all packets are dropped for
+    BURST_S the picture moves again within a second.
 
     (Chromium, not the aiortc client: aiortc's receiver NACKs a gap once and its video
-    jitter buffer waits for 512 packets behind a retransmission that never comes, a
-    freeze of several seconds that a browser does not have.)
+    jitter buffer then waits up to 512 packets behind a retransmission that never comes,
+    a freeze of several seconds that a browser does not have.)
     """
     from playwright.async_api import async_playwright
 
@@ -233,16 +251,33 @@ async def test_browser_relay_only_and_video_back_within_a_second_of_a_loss_burst
             assert await page.evaluate("likeness.iceTransportPolicy") == "relay"
             await asyncio.sleep(1.5)
             assert await page.evaluate(SELECTED_PAIR_JS) == "relay"
+            session = await page.evaluate("likeness.sessionId")
+            await asyncio.to_thread(lab.set_loss, 0.20)
+            try:
+                lossy = await _moving(page, 8.0)
+                dropped = await asyncio.to_thread(lab.dropped)
+            finally:
+                await asyncio.to_thread(lab.set_loss, 0.0)
+            same = await page.evaluate("likeness.sessionId") == session
+            reconnects = await page.evaluate("likeness.reconnects")
+            await asyncio.sleep(1.0)
             burst = await loss_burst(page, lab)
             connected = await page.evaluate("likeness.connected")
         finally:
             await browser.close()
     print(
-        f"browser burst: video back {burst['recovery_s'] * 1000:.0f} ms after, "
-        f"then {burst['fps_after']:.1f} fps"
+        f"page, 20% loss: dropped {dropped}, {lossy['fps']:.1f} fps, longest wait "
+        f"{lossy['longest_wait_s'] * 1000:.0f} ms; {BURST_S} s burst: video back "
+        f"{burst['recovery_s'] * 1000:.0f} ms after, then {burst['fps_after']:.1f} fps"
     )
+    # 20 % loss (3 runs of 15 s: 16.5-19.7 fps, longest wait 0.42-0.74 s): the session
+    # survives and the face keeps moving.
+    assert dropped > 0 and same and reconnects == 0
+    assert lossy["fps"] >= 8, lossy
     assert burst["fps_before"] >= 15, burst
     # The burst was real: the picture stopped (a frame or two may still be on its way).
     assert burst["frames_during"] <= 2, burst
+    assert burst["same_session"] == 1.0, "a short burst must not end the session"
+    # Recovery (6 runs of 1.0 s bursts: 52-89 ms, one reconnect): the target is 1 s.
     assert burst["recovery_s"] <= 1.0, burst
     assert burst["fps_after"] >= 15 and connected and not errors, errors
