@@ -176,7 +176,8 @@ async def _session(
 
     def on_video(t: float, frame: Any) -> None:
         rec.video_t.append(t)
-        rec.video_pts.append(float(frame.pts * frame.time_base) if frame.pts is not None else t)
+        timed = frame.pts is not None and frame.time_base is not None
+        rec.video_pts.append(float(frame.pts * frame.time_base) if timed else t)
         rec.mouth.append(probe.of_frame(frame))
 
     rng = random.Random(opts.seed)
