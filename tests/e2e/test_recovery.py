@@ -8,7 +8,8 @@ and a chat page in headless Chromium, and a real aiortc client killed under the 
 - A client process dies without a word: the server ends its session and frees its
   slot in about two seconds (no heartbeat and no media for 2 s).
 
-CI cost: about 60-80 s on the 2-core machine (three server start-ups, Chromium).
+CI cost: 90-200 s on the 2-core machine shared with other work (two server start-ups,
+each warming every model before /health says ready; Chromium with two pages).
 """
 
 from __future__ import annotations
@@ -30,19 +31,22 @@ pytestmark = [
     pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="apt-get install chromium"),
 ]
 
-# Thresholds, each from the spread of runs on the 2-core machine with other work on it
-# (server, Chromium and other test suites sharing the cores):
-# the kiosk showed the dead server 1.52-1.74 s after the kill (8 runs): the rule is
-# 1.5 s of silence + a 0.1 s check; 2.0 s is the issue's target.
+# Thresholds, each from the spread of runs on the 2-core machine shared with other
+# work (server, Chromium and other suites on the same cores; load average 9-17):
+# the kiosk showed the dead server 1.40-1.65 s after the kill (6 runs; the rule is 1.3 s
+# of silence + a 0.1 s check + timer lag); the issue's target is 2 s.
 DEAD_SHOWN_S = 2.0
-# the chat page offered to reconnect 1.52-1.76 s after the kill (8 runs).
+# the chat page offered to reconnect 1.28-1.49 s after the kill (6 runs).
 OFFER_SHOWN_S = 2.0
-# the kiosk was back (connected, listening, new frames) 0.9-2.6 s after /health said
-# ready (8 runs); the issue's limit is 10 s.
+# the kiosk was back (connected, listening, new frames) 1.06-2.80 s after /health said
+# ready (10 runs); the issue's limit is 10 s.
 BACK_S = 10.0
-# a killed client's session ended 2.1-2.6 s after the kill (8 runs): 2 s of silence,
-# a 0.25 s watchdog tick, the /health poll; "about 3 s" asked.
-CLIENT_GONE_S = 3.0
+# a killed client's session ended 2.14-2.90 s after the kill (10 runs): 2 s of silence,
+# a 0.25 s watchdog tick, time the server's loop stood still, the 50 ms /health poll;
+# "about 3 s" asked.
+CLIENT_GONE_S = 3.5
+# Start-up warms every model before /health says ready: over a minute on a busy host.
+READY_WITHIN_S = 240
 
 CLIENT = textwrap.dedent(
     """
@@ -64,7 +68,7 @@ CLIENT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     running = Server(tmp_path_factory.mktemp("recovery"), LIKENESS_DIALOGUE__TEMPERATURE="0")
-    running.start()
+    running.start(READY_WITHIN_S)
     yield running
     running.stop()
 
@@ -150,8 +154,8 @@ async def test_kill_and_restart_the_server_under_a_kiosk_and_a_chat_page(server,
             await kiosk.screenshot(path=str(ARTIFACTS / "e2e-kiosk-reconnecting.png"))
 
             # Restart; watch the kiosk meanwhile: never "Listening" while disconnected.
-            restart = asyncio.create_task(asyncio.to_thread(server.start, 120))
-            ready = await ready_at(server.url, 120)
+            restart = asyncio.create_task(asyncio.to_thread(server.start, READY_WITHIN_S))
+            ready = await ready_at(server.url, READY_WITHIN_S)
             frames = await kiosk.evaluate("likeness.videoFrames()")
             shown: set[str] = set()
             back = None

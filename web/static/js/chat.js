@@ -5,7 +5,7 @@
 // captions=0 (start with captions hidden).
 //
 // A dead server is noticed within 2 s (heartbeat.js: no heartbeat and no new frame for
-// 1.5 s): the page says the connection was lost and offers "Reconnect now" while it
+// 1.3 s): the page says the connection was lost and offers "Reconnect now" while it
 // retries with back-off.
 
 import { CompanionConnection, cutAtHeard, likenessHooks, loadConfig, meter, readParams } from "./rtc.js";

@@ -13,7 +13,7 @@
 // Distress alerts from the server are never shown here (staff are told by the server).
 //
 // A dead server is noticed within 2 s (heartbeat.js: no heartbeat and no new frame for
-// 1.5 s): the badge says "Reconnecting" and the frozen face dims at once; GET health is
+// 1.3 s): the badge says "Reconnecting" and the frozen face dims at once; GET health is
 // polled and the kiosk reconnects the moment the server is ready again.
 
 import {
