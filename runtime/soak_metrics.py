@@ -87,6 +87,7 @@ def av_lag(
     max_lag_s: float = 0.3,
     step_s: float = 0.005,
     min_corr: float = 0.4,
+    min_margin: float = 0.1,
 ) -> AvLag | None:
     """The lag of the mouth signal behind the voice envelope over ``window``.
 
@@ -104,10 +105,15 @@ def av_lag(
             mouth that does not follow it). Exactly timed frames of the procedural
             face peak at 0.50, live replies at 0.35-0.7; on a machine loaded 8x over,
             peaks of 0.30-0.33 gave lags 200 ms away from their neighbours'.
+        min_margin: the peak must beat every lag more than 100 ms from it by this
+            much. Speech comes in syllables 200-250 ms apart, so a weak match has
+            side peaks there as high as the true one; true peaks here stand 0.3-0.5
+            above the rest (synthetic replies, the procedural face).
 
     Returns:
-        The lag, or None when the window holds too little of either signal or the
-        best correlation is under ``min_corr``.
+        The lag, or None when the window holds too little of either signal, the
+        best correlation is under ``min_corr``, lies at the edge of the range, or
+        does not stand ``min_margin`` above the rest.
     """
     start, end = window
     grid = np.arange(start, end, step_s)
@@ -125,6 +131,11 @@ def av_lag(
         seg = _zscore(v[k : k + len(grid)])
         corr[k] = -1.0 if seg is None else float(np.dot(a, seg) / len(grid))
     best = int(np.argmax(corr))
+    if best in (0, len(corr) - 1):
+        return None  # the best match lies at the edge: no peak within max_lag_s
+    others = corr[np.abs(np.arange(len(corr)) - best) > round(0.1 / step_s)]
+    if len(others) and corr[best] - others.max() < min_margin:
+        return None  # a side peak (a syllable away) nearly as good: ambiguous
     refined = float(best)
     if 0 < best < len(corr) - 1:
         left, mid, right = corr[best - 1], corr[best], corr[best + 1]
