@@ -352,15 +352,19 @@ class NetLab:
             time.sleep(0.1)
         raise NetLabError("coturn did not start:\n" + self.coturn.log_text()[-2000:])
 
-    def set_loss(self, probability: float) -> None:
-        """Drop each packet crossing the router (both ways) with ``probability``; 0 = none."""
+    def set_loss(self, probability: float, direction: str = "both") -> None:
+        """Drop each packet crossing the router with ``probability`` (0 = none):
+        ``"both"`` ways, ``"up"`` (client to the public side) or ``"down"``."""
         if not 0 <= probability <= 1:
             raise ValueError("loss probability must be within [0, 1]")
+        where = {"both": "", "up": "-i r0 ", "down": "-o r0 "}.get(direction)
+        if where is None:
+            raise ValueError("direction must be 'both', 'up' or 'down'")
         chain = "LIKENESS_LOSS"
         script = f"iptables -F {chain}"
         if probability > 0:
             script += (
-                f" && iptables -A {chain} -m statistic --mode random "
+                f" && iptables -A {chain} {where}-m statistic --mode random "
                 f"--probability {probability:.4f} -j DROP"
             )
         self.sh(self.ns["router"], script)
