@@ -25,10 +25,14 @@ from voice.types import AudioChunk, Transcript
 from voice.vad import SpeechPaused, TurnDetector, TurnEnded, VADEvent, at_16k
 
 # Words a finished sentence rarely ends with: a pause after them is a pause in the middle.
+# Wrongly calling a turn unfinished only costs the usual wait; so the list is generous.
 TRAILING_WORDS = frozenset(
-    {"a", "an", "the", "and", "or", "but", "so", "because", "if", "that", "then", "to", "of",
-     "in", "on", "at", "for", "with", "from", "my", "your", "his", "her", "our", "their",
-     "is", "are", "was", "were", "am", "be", "i", "um", "uh", "er", "erm", "like", "when"}
+    {"a", "an", "the", "this", "these", "those", "some", "any", "my", "your", "his", "her",
+     "our", "their", "its", "and", "or", "but", "so", "because", "if", "that", "than", "then",
+     "when", "while", "to", "of", "in", "on", "at", "for", "with", "from", "about", "into",
+     "onto", "over", "under", "by", "as", "like", "is", "are", "was", "were", "am", "be",
+     "been", "have", "has", "had", "do", "does", "did", "can", "could", "would", "will",
+     "should", "must", "not", "very", "really", "just", "i", "um", "uh", "er", "erm", "hmm"}
 )  # fmt: skip
 _WORD = re.compile(r"[\w']+")
 
