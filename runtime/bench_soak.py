@@ -251,10 +251,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         log = Path(tmp) / "server.log"
         server_log = log.read_text().splitlines()[-20:] if rec.ended and log.is_file() else []
     rows = minute_rows(rec, opts.minutes, SETTLE_S)
-    judged = verdict(rec, rows, SETTLE_S)
-    word = {True: "pass", False: "fail", None: "n/a"}
-    metrics: dict[str, Any] = {**judged["summary"], "questions_delayed": script.delayed}
-    metrics |= {f"target_{k}": word[v] for k, v in judged["targets"].items()}
+    metrics = flat_metrics(verdict(rec, rows, SETTLE_S), script.delayed)
     return {
         "bench": "soak",
         "machine": machine_info(),
@@ -283,6 +280,14 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
             ],
         },
     }
+
+
+def flat_metrics(judged: dict[str, Any], delayed: int) -> dict[str, Any]:
+    """The summary of :func:`~runtime.soak_metrics.verdict` as the bench's flat
+    ``metrics``: each target as ``target_<name>`` = "pass", "fail" or "n/a"."""
+    word = {True: "pass", False: "fail", None: "n/a"}
+    metrics: dict[str, Any] = {**judged["summary"], "questions_delayed": delayed}
+    return metrics | {f"target_{k}": word[v] for k, v in judged["targets"].items()}
 
 
 def _turn_json(turn: TurnRecord, rec: Received, question: Question) -> dict[str, Any]:

@@ -285,6 +285,34 @@ def test_av_sync_is_judged_at_the_start_and_at_the_end(offsets, bias_ms, ok):
     assert verdict(rec, minute_rows(rec, 3))["targets"]["av_in_sync"] is ok
 
 
+def test_the_tables_show_every_column_and_each_target_s_verdict():
+    from runtime.bench_soak import (
+        MINUTE_COLUMNS,
+        flat_metrics,
+        minute_table,
+        progress_line,
+        target_table,
+    )
+
+    rec = three_minutes(hole_at=200.0)
+    rec.end = rec.video_t[-1] + 0.03
+    rec.turns = [turn(105.0 + 20 * i, 2000, 10) for i in range(7)]
+    rows = minute_rows(rec, 3)
+    cells = minute_table(rows)
+    assert len(cells) == 3 and all(len(r) == len(MINUTE_COLUMNS) for r in cells)
+    assert cells[1][MINUTE_COLUMNS.index("freezes")] == "1"
+    assert "1 freezes" in progress_line(rows[1], 3)
+    result = {"metrics": flat_metrics(verdict(rec, rows), delayed=0)}
+    verdicts = {row[0]: row[-1] for row in target_table(result)}
+    assert verdicts == {
+        "session lasted": "pass",
+        "no freezes (>200 ms)": "fail",
+        "A/V offset start / end": "pass",
+        "RSS growth after minute 1": "pass",
+        "turn latency, late / early": "pass",
+    }
+
+
 # ------------------------------------------------------------------ the real generator
 
 
