@@ -37,7 +37,9 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.log = data / "server.log"
 
-    def start(self, ready_within_s: float = 90) -> Server:
+    def start(self, ready_within_s: float = 240) -> Server:
+        """Start the process and wait for ``/health`` (start-up warms every model first:
+        30-90 s on the 2-core machine under load, more at times)."""
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "runtime", "serve", "--port", str(self.port), *self.args],
