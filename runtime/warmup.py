@@ -12,6 +12,7 @@ shared states (:meth:`~runtime.dialogue.llamacpp.LlamaCppChat.warm`).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from voice.tts.base import TTSBackend
     from voice.vad import TurnDetector
 
+log = logging.getLogger(__name__)
 PHRASE = "Hello, how are you today?"
 GENERATOR_TIMEOUT_S = 20.0
 
@@ -68,7 +70,8 @@ def _detect(make_detector: Callable[[], TurnDetector], speech: AudioChunk) -> No
 
 
 async def _animate(generator: AvatarGenerator, speech: AudioChunk) -> None:
-    """Push the speech and wait for its first speaking frame."""
+    """Push the speech and wait for its first speaking frame (a slow generator only
+    costs a warning: sessions then start on a cold one)."""
     try:
         await generator.push_audio(speech.pcm, speech.sample_rate)
         await generator.flush()
@@ -76,6 +79,8 @@ async def _animate(generator: AvatarGenerator, speech: AudioChunk) -> None:
             async for item in generator:
                 if getattr(item, "speaking", False):
                     return
+    except TimeoutError:
+        log.warning("warm-up: no speaking frame within %.0f s", GENERATOR_TIMEOUT_S)
     finally:
         await generator.aclose()
 
