@@ -72,6 +72,18 @@ def _first_audible(client: CompanionClient, after: float) -> float | None:
     return None
 
 
+def _heard_at(client: CompanionClient, since: float) -> float | None:
+    """When the server's ``transcript`` event of the turn asked at ``since`` arrived.
+
+    Reply audio is counted only after it: a reply still playing when the next question
+    ends is cut there (barge-in), so later audio belongs to the new reply.
+    """
+    for t, event in client.got.events:
+        if t > since and event.get("type") == "transcript":
+            return t
+    return None
+
+
 async def _until_quiet(client: CompanionClient, since: float, within_s: float) -> None:
     """Wait until the received audio was quiet for ``_QUIET_S`` (the reply ended)."""
     deadline = time.monotonic() + within_s
@@ -94,14 +106,16 @@ async def converse(
         for index, speech in enumerate(questions, start=1):
             metrics_seen = len(client.got.of_type("metrics"))
             ends_seen = len(client.mic.speech_ends)
+            asked = time.monotonic()
             client.mic.say(speech.pcm, speech.sample_rate)
-            deadline = time.monotonic() + reply_timeout_s
+            deadline = asked + reply_timeout_s
             heard = spoke_until = None
             while time.monotonic() < deadline:  # the server's stamps, then the audio itself
                 replied = len(client.got.of_type("metrics")) > metrics_seen
-                if len(client.mic.speech_ends) > ends_seen:
+                understood = _heard_at(client, asked)
+                if len(client.mic.speech_ends) > ends_seen and understood is not None:
                     spoke_until = client.mic.speech_ends[ends_seen]
-                    heard = _first_audible(client, spoke_until)
+                    heard = _first_audible(client, max(spoke_until, understood))
                 if replied and heard is not None:
                     break
                 await asyncio.sleep(0.02)
