@@ -36,6 +36,9 @@ HEARTBEAT_S = 0.5  # the server's heartbeat on the events channel
 # The page is gone when it sent nothing (no message, no media) for this long, once it
 # was heard at all; before that, ``server.media_timeout_s`` applies (ICE may be slow).
 PEER_TIMEOUT_S = 2.0
+# A track that ends by itself ends the session after this long, unless the session
+# ended meanwhile (a peer hanging up stops the senders a moment before it says so).
+ENDED_GRACE_S = 0.5
 
 
 class SessionLiveness:
@@ -156,7 +159,17 @@ class SessionLiveness:
 
     def _track_ended(self, track: GuardedTrack) -> None:
         """A track ended while the session is live (aiortc stops a track after any
-        exception in its sender): end the session with a reason the client sees."""
+        exception in its sender, and when the peer hangs up): unless the session ends
+        by itself within :data:`ENDED_GRACE_S` (a hang-up), end it with a reason the
+        client sees."""
+        if self.closed:
+            return
+        if track.gave_up:
+            self._ended_under_us(track)
+        else:
+            asyncio.get_running_loop().call_later(ENDED_GRACE_S, self._ended_under_us, track)
+
+    def _ended_under_us(self, track: GuardedTrack) -> None:
         if self.closed:
             return
         reason = f"{track.kind} track {'failed' if track.gave_up else 'ended'}"
