@@ -33,7 +33,10 @@ __all__ = ["BACKLOG_FRAMES", "InboundStats", "drain", "inbound_audio"]
 
 log = logging.getLogger(__name__)
 
-BACKLOG_FRAMES = 100  # 2 s of 20 ms Opus frames waiting for the listener, at most
+# At most 10 s of 20 ms Opus frames wait for the listener (a barge-in awaiting a reply
+# task's worker thread holds it up for seconds on a loaded host; audio is not dropped
+# for that), ~2 MB of stereo s16: bounded, where aiortc's own queue is not.
+BACKLOG_FRAMES = 500
 
 
 @dataclass(slots=True)
