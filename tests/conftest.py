@@ -34,7 +34,10 @@ def _pin_cpu_kernels() -> None:
     if " avx2" not in (cpuinfo.read_text() if cpuinfo.is_file() else ""):
         return
     if "torch" in sys.modules:
-        warnings.warn("torch imported before tests/conftest.py: kernels not pinned", stacklevel=1)
+        # A spawned worker inherits the pins from its parent's environment: nothing to say.
+        if any(os.environ.get(name) != value for name, value in CPU_KERNELS.items()):
+            message = "torch imported before tests/conftest.py: kernels not pinned"
+            warnings.warn(message, stacklevel=1)
         return
     for name, value in CPU_KERNELS.items():
         os.environ.setdefault(name, value)
