@@ -15,6 +15,9 @@ def bench_soak(
     seed: Annotated[int, typer.Option(min=0, help="question order, voices and timing")] = 0,
     json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
     url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
+    via_turn: Annotated[
+        bool, typer.Option("--via-turn", help="client behind a NAT, relay-only via coturn (root)")
+    ] = False,
 ) -> None:
     """One long live session: fps, freezes, audio gaps, A/V offset, turn latency, RSS and
     tasks per minute, and the soak targets as pass / fail."""
@@ -32,7 +35,16 @@ def bench_soak(
     def progress(row: dict[str, float]) -> None:
         err_console.print(progress_line(row, minutes), markup=False, highlight=False)
 
-    result = run(SoakOptions(minutes=minutes, seed=seed, url=url), on_minute=progress)
+    if via_turn:  # runtime.relay_soak: the same soak inside runtime.netlab
+        from runtime.errors import InputError
+        from runtime.relay_soak import soak_via_turn
+
+        if url is not None:
+            raise InputError("--via-turn starts its own server in the lab: leave out --url")
+        result = soak_via_turn(minutes, seed, on_minute=progress)
+        err_console.print(f"coturn: {result['turn']}", markup=False, highlight=False)
+    else:
+        result = run(SoakOptions(minutes=minutes, seed=seed, url=url), on_minute=progress)
     write_bench("soak", result, json_path)
     print_table("per minute", MINUTE_COLUMNS, minute_table(result["runs"]["minutes"]))
     print_table("targets", ["target", "asked", "measured", "result"], target_table(result))

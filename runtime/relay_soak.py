@@ -1,4 +1,4 @@
-"""The soak benchmark through NAT and TURN: ``python -m runtime.relay_soak --minutes 12``.
+"""The soak benchmark through NAT and TURN: ``likeness bench soak --via-turn --minutes 12``.
 
 :func:`runtime.bench_soak.bench_soak` run inside the network lab (:mod:`runtime.netlab`):
 a fresh ``likeness serve`` in the lab's server namespace, coturn beside it, and the
@@ -12,19 +12,16 @@ The soak is handed the lab server's URL, so it reads the server's open tasks fro
 ``/health`` (through the NAT) but not its RSS: the plain soak measures memory.
 
 Needs root (namespaces, iptables) and coturn: see :func:`runtime.netlab.unavailable`.
-(``likeness bench soak --via-turn`` is meant to call :func:`soak_via_turn`.)
+``likeness bench soak --via-turn`` calls :func:`soak_via_turn`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import secrets
-import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from runtime.netlab import NetLab
 
@@ -44,9 +41,15 @@ def coturn_summary(log: str) -> dict[str, int]:
     return {name: len(re.findall(pattern, log)) for name, pattern in COTURN_EVENTS.items()}
 
 
-def soak_via_turn(minutes: int, seed: int = 0, server_env: dict[str, str] | None = None) -> dict:
+def soak_via_turn(
+    minutes: int,
+    seed: int = 0,
+    server_env: dict[str, str] | None = None,
+    on_minute: Callable[[dict[str, float]], None] | None = None,
+) -> dict:
     """One soak through the lab's NAT and coturn, relay-only; the soak's result plus
-    ``"turn"`` (coturn's counts) and ``config.via_turn``.
+    ``"turn"`` (coturn's counts) and ``config.via_turn``. ``on_minute`` as in
+    :func:`runtime.bench_soak.bench_soak` (called from the lab's client thread).
 
     Raises:
         runtime.netlab.NetLabError: the lab, coturn or the server could not start.
@@ -64,7 +67,7 @@ def soak_via_turn(minutes: int, seed: int = 0, server_env: dict[str, str] | None
         with lab.companion(Path(tmp), secret, env | (server_env or {})) as (url, _pid):
             rtc = lab.call("client", lambda: asyncio.run(page_ice(url)), 60)
             options = SoakOptions(minutes=minutes, seed=seed, url=url, rtc=rtc)
-            result = lab.call("client", lambda: bench_soak(options), None)
+            result = lab.call("client", lambda: bench_soak(options, on_minute), None)
         assert lab.coturn is not None
         turn_log = lab.coturn.log_text()
     result["config"]["via_turn"] = {
@@ -74,28 +77,3 @@ def soak_via_turn(minutes: int, seed: int = 0, server_env: dict[str, str] | None
     }
     result["turn"] = coturn_summary(turn_log)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m runtime.relay_soak --minutes 12 [--seed N] [--json PATH]``."""
-    parser = argparse.ArgumentParser(prog="python -m runtime.relay_soak", description=__doc__)
-    parser.add_argument("--minutes", type=int, default=12)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", type=Path, default=None, help="write the result here")
-    args = parser.parse_args(argv)
-
-    result = soak_via_turn(args.minutes, args.seed)
-    text = json.dumps(result, indent=2, default=str)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    summary: dict[str, Any] = {
-        "metrics": result.get("metrics"),
-        "turn": result["turn"],
-    }
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
