@@ -286,7 +286,9 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
                 "turn_p95_ms": _pct(latencies, 95),
                 "server_first_audio_sent_p50_ms": _pct(sent, 50),
                 "rss_mb": samples[-1][1] if samples else math.nan,
-                "tasks": samples[-1][2] if samples else -1,
+                # The fewest open tasks in the minute (between replies): a leak
+                # raises this floor; a reply in flight only adds for a while.
+                "tasks": min((x[2] for x in samples if x[2] >= 0), default=-1),
             }
         )
     return rows
@@ -345,8 +347,8 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
         "rss_warm_mb": base,
         "rss_end_mb": end_rss,
         "rss_growth_pct": growth,
-        "tasks_warm": warm[-1][2] if warm else -1,
-        "tasks_end": rec.samples[-1][2] if rec.samples else -1,
+        "tasks_warm": rows[0]["tasks"] if rows else -1,
+        "tasks_end": rows[-1]["tasks"] if rows else -1,
         "turns": len(rec.turns),
         "turns_answered": len(answered),
         "first_turn_ms": latencies[0] if latencies and latencies[0] is not None else math.nan,
