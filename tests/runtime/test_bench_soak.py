@@ -378,3 +378,18 @@ def test_a_three_minute_soak_meets_what_two_cores_can_hold():
     # The fewest open tasks in a minute (between replies) does not grow with the turns
     # (one task left behind per turn would add 6); one more for a between-turns job.
     assert m["tasks_end"] <= m["tasks_warm"] + 1
+
+
+def test_bad_soak_options_are_refused_with_their_name():
+    from typer.testing import CliRunner
+
+    from runtime.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "soak", "--minutes", "0"])
+    assert result.exit_code == 2 and "--minutes" in result.output
+    with pytest.raises(ValueError, match="minutes"):
+        SoakOptions(minutes=0)
+    with pytest.raises(ValueError, match="interval_s"):
+        SoakOptions(minutes=3, interval_s=(30.0, 20.0))
+    with pytest.raises(ValueError, match="interval_s"):
+        SoakOptions(minutes=3, interval_s=(1.0, 2.0))
