@@ -173,13 +173,12 @@ class Session:
 
     def _rest_image(self) -> np.ndarray:
         """The face at rest, at the output size: shown until the first frame."""
-        size = self.generator.size
-        image = self.avatar.image
-        if image.shape[0] != size:
-            import cv2
+        size, image = self.generator.size, self.avatar.image
+        if image.shape[0] == size:
+            return image
+        import cv2
 
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        return image
+        return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -213,8 +212,7 @@ class Session:
         self._event({"type": "state", "state": "ended", "reason": reason})
         for timer in self._timers:
             timer.cancel()
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -434,14 +432,16 @@ class Session:
         """The person spoke over the companion: stop within one chunk and keep in the
         history only what was heard."""
         reply, self._reply = self._reply, None
+        self.audio_out.clear()  # silent now: the reply's clean-up below may take a while
+        self.video_out.clear_after(self.clock.now())
         if reply is not None and not reply.done():
             reply.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reply
         for timer in self._timers:
             timer.cancel()
-        self._timers.clear()
-        heard_until = self.audio_out.clear()
+        self._timers = []
+        heard_until = self.audio_out.clear()  # and what was anchored meanwhile
         self.video_out.clear_after(self.clock.now())
         await self.generator.clear_buffer()
         heard = self.segments.interrupt(heard_until)
