@@ -18,21 +18,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from runtime.cli_avatar import avatar_app, register_avatar_commands
+from runtime.cli_bench import bench_app
 from runtime.cli_common import (
     check_output,
-    counting_progress,
     err_console,
     fail,
     handle_errors,
     out,
-    print_table,
     require_file,
     state,
-    write_bench,
 )
 from runtime.cli_consent import consent_app
 from runtime.cli_export import export_app
-from runtime.cli_soak import register_soak_command
 from runtime.cli_train import train_app
 from runtime.config import masked_dump
 from runtime.errors import ConfigError, InputError
@@ -45,7 +42,6 @@ app = typer.Typer(
     add_completion=False,
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
-bench_app = typer.Typer(help="Benchmarks: print a table, write JSON.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(bench_app, name="bench")
 app.add_typer(avatar_app, name="avatar")
@@ -53,7 +49,6 @@ app.add_typer(consent_app, name="consent")
 app.add_typer(train_app, name="train")
 app.add_typer(export_app, name="export")
 register_avatar_commands(app, bench_app)
-register_soak_command(bench_app)
 
 
 @app.callback()
@@ -290,159 +285,6 @@ def demo() -> None:
     from runtime.voiceloop import run_demo
 
     asyncio.run(run_demo(state.load(), interactive=sys.stdin.isatty()))
-
-
-# ---------------------------------------------------------------- benchmarks
-
-
-@bench_app.command("voice")
-@handle_errors
-def bench_voice(
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
-    repeats: Annotated[int, typer.Option(min=1, max=100, help="runs per measurement")] = 5,
-) -> None:
-    """ASR real-time factor, TTS first audio and RTF, LLM time to first token."""
-    from runtime.bench import bench_voice as run
-
-    write_bench("voice", run(state.load(), repeats=repeats), json_path)
-
-
-@bench_app.command("consent")
-@handle_errors
-def bench_consent(
-    seconds: Annotated[float, typer.Option(min=5, max=60, help="length of the test clip")] = 20,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
-    attacks: Annotated[
-        bool, typer.Option("--attacks", help="run the attack suite: APCER per class, BPCER")
-    ] = False,
-    bona_fide: Annotated[int, typer.Option(min=0, max=500, help="genuine ceremonies")] = 40,
-    per_class: Annotated[int, typer.Option(min=0, max=100, help="attacks of each class")] = 5,
-    only: Annotated[
-        str | None, typer.Option(help="attack classes to run, comma-separated (default: all)")
-    ] = None,
-    jobs: Annotated[int, typer.Option(min=1, max=32, help="worker processes")] = 1,
-    seed: Annotated[int, typer.Option(help="varies plans, timings and noise")] = 0,
-) -> None:
-    """Time to verify one liveness clip; with --attacks, the live ceremony's attack suite."""
-    from runtime.bench import machine_info
-
-    state.load()
-    if attacks:
-        _bench_attacks(json_path, bona_fide, per_class, only, jobs, seed, machine_info())
-        return
-    from consent.liveness.bench import bench_liveness
-
-    metrics = bench_liveness(seconds=seconds)
-    write_bench(
-        "consent",
-        {
-            "bench": "consent",
-            "machine": machine_info(),
-            "config": {"seconds": seconds},
-            "metrics": metrics,
-        },
-        json_path,
-    )
-
-
-def _bench_attacks(
-    json_path: Path | None,
-    bona_fide: int,
-    per_class: int,
-    only: str | None,
-    jobs: int,
-    seed: int,
-    machine: dict,
-) -> None:
-    from consent.ceremony.attacks import ATTACKS
-    from consent.ceremony.bench import bench_attacks, table_rows
-
-    classes = ATTACKS if not only else tuple(c.strip() for c in only.split(",") if c.strip())
-    unknown = [c for c in classes if c not in ATTACKS]
-    if unknown:
-        raise InputError(f"unknown attack classes {unknown}; known: {', '.join(ATTACKS)}")
-    total = bona_fide + per_class * len(classes)
-    with counting_progress() as progress:
-        task = progress.add_task("ceremonies", total=total)
-        result = bench_attacks(
-            bona_fide,
-            per_class,
-            classes,
-            seed=seed,
-            jobs=jobs,
-            on_run=lambda _run: progress.advance(task),
-        )
-    print_table(
-        "likeness bench consent --attacks",
-        ["class", "runs", "APCER / BPCER", "caught by (failed points)"],
-        table_rows(result),
-    )
-    body = {
-        "bench": "consent-attacks",
-        "machine": machine,
-        "config": {
-            "bona_fide": bona_fide,
-            "per_class": per_class,
-            "classes": list(classes),
-            "seed": seed,
-            "jobs": jobs,
-        },
-        **result,
-    }
-    rows = [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in result["metrics"].items()]
-    print_table("figures", ["metric", "value"], rows)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(body, indent=2) + "\n")
-        err_console.print(f"wrote {json_path}", markup=False, highlight=False)
-
-
-@bench_app.command("session")
-@handle_errors
-def bench_session(
-    sessions: Annotated[int, typer.Option(min=1, max=64, help="concurrent sessions")] = 1,
-    sweep: Annotated[bool, typer.Option(help="try 1, 2, 4, ... up to --sessions")] = False,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
-    url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
-) -> None:
-    """N concurrent WebRTC sessions: stage latency p50/p95, fps, drops, CPU and memory."""
-    from runtime.bench_session import bench_session as run
-
-    state.load()
-    result = run(sessions, sweep=sweep, url=url)
-    write_bench("session", result, json_path)
-    for row in result["runs"]:
-        verdict = "ok" if row["ok"] else "over the limit"
-        err_console.print(
-            f"{row['sessions']} session(s): {row['fps_min']:.1f} fps min, "
-            f"voice end → first audio p95 {row.get('first_audio_sent_p95_ms', float('nan')):.0f} ms"
-            f" — {verdict}",
-            markup=False,
-            highlight=False,
-        )
-
-
-@bench_app.command("turns")
-@handle_errors
-def bench_turns(
-    turns: Annotated[int, typer.Option(min=1, max=16, help="questions in one session")] = 12,
-    runs: Annotated[int, typer.Option(min=1, max=20, help="fresh servers, one session each")] = 1,
-    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
-    url: Annotated[str | None, typer.Option(help="a running server (default: start one)")] = None,
-) -> None:
-    """Turn latency per turn index at the client: the first turn of a fresh server vs later."""
-    from runtime.bench_turns import bench_turns as run
-
-    state.load()
-    result = run(turns, runs=runs, url=url)
-    write_bench("turns", result, json_path)
-    for row in result["per_turn"]:
-        err_console.print(
-            f"turn {row['turn']:2d}: end of speech → first reply audio at the client "
-            f"{row.get('client_first_audio_p50_ms', float('nan')):.0f} ms (p50)",
-            markup=False,
-            highlight=False,
-        )
 
 
 def main() -> None:
