@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from avatar.types import PreparedAvatar
 from consent.gate import watch_grant
@@ -33,8 +32,8 @@ from runtime.avatar_components import (
     store,
 )
 from runtime.config import KioskProfile, Settings
-from runtime.frames import TurnLatency
 from runtime.logs import get_logger
+from runtime.metrics import Metrics
 from runtime.session import Session, SharedModels
 from runtime.turn import IceProvider
 from runtime.warmup import warm_up
@@ -44,34 +43,6 @@ if TYPE_CHECKING:
     from consent.gate import ConsentGate
 
 log = get_logger("likeness.server")
-
-
-class Metrics:
-    """The Prometheus series of one app (own registry, so tests can run several)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.sessions = Gauge("likeness_sessions_active", "live sessions", registry=self.registry)
-        self.started = Counter(
-            "likeness_sessions_total", "sessions started", registry=self.registry
-        )
-        self.refused = Counter(
-            "likeness_sessions_refused_total",
-            "offers refused",
-            ["reason"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "likeness_turn_stage_seconds",
-            "time from the end of user speech to each stage of the reply",
-            ["stage"],
-            buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10),
-            registry=self.registry,
-        )
-
-    def observe(self, latency: TurnLatency) -> None:
-        for stage, ms in latency.stages_ms().items():
-            self.latency.labels(stage=stage).observe(ms / 1000)
 
 
 def _log_sweep(report: SweepReport) -> None:
