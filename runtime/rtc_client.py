@@ -153,7 +153,10 @@ class CompanionClient:
         @channel.on("message")
         def on_message(message: str) -> None:
             with contextlib.suppress(ValueError):
-                self.got.events.append((time.monotonic(), json.loads(message)))
+                event = json.loads(message)
+                self.got.events.append((time.monotonic(), event))
+                if isinstance(event, dict) and event.get("type") == "heartbeat":
+                    channel.send(message)  # still here, as the pages answer (heartbeat.js)
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:

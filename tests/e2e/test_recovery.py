@@ -41,7 +41,10 @@ OFFER_SHOWN_S = 2.0
 # the kiosk was back (connected, listening, new frames) 1.06-2.80 s after /health said
 # ready (10 runs); the limit is 10 s.
 BACK_S = 10.0
-# a killed client's session ended 2.14-2.90 s after the kill (10 runs): 2 s of silence,
+# a killed client's session ended 2.14-2.90 s after the kill (10 runs; 2.01-2.33 s in 5 more
+# on an idle AMD EPYC once the client answers heartbeats, so that it surely was heard before
+# the kill: a client never heard gets media_timeout_s instead — the cause of a flaky run):
+# 2 s of silence,
 # a 0.25 s watchdog tick, time the server's loop stood still, the 50 ms /health poll;
 # "about 3 s" asked.
 CLIENT_GONE_S = 3.5
@@ -57,6 +60,8 @@ CLIENT = textwrap.dedent(
         client = CompanionClient(sys.argv[1], keep_video=False)
         await client.connect()
         await client.wait_for("state", 30, state="listening")
+        await client.wait_for("heartbeat", 30)  # answered: the server has heard this client
+        await asyncio.sleep(0.2)
         print(client.session_id, flush=True)
         await asyncio.sleep(3600)
 
