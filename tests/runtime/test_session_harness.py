@@ -278,4 +278,3 @@ def test_a_face_taken_off_the_deployment_list_is_withdrawn_within_one_recheck(tm
     assert message["reason"] == "permission withdrawn"
     assert removed < ended <= removed + 0.2 + 1e-9, f"ended {ended - removed:.3f} s after"
     assert [(t, s) for t, s in h.sinks.video if t > ended + 1e-6] == [], "a frame after the end"
-
