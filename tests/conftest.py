@@ -85,6 +85,22 @@ def piper_tts():
     return PiperTTS.load(PiperOptions(noise_scale=0.0, noise_w=0.0))
 
 
+def wer(reference: str, hypothesis: str) -> float:
+    """Word error rate, case and punctuation aside."""
+    import jiwer
+
+    norm = jiwer.Compose(
+        [
+            jiwer.ToLowerCase(),
+            jiwer.RemovePunctuation(),
+            jiwer.RemoveMultipleSpaces(),
+            jiwer.Strip(),
+            jiwer.ReduceToListOfListOfWords(),
+        ]
+    )
+    return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
+
+
 def piper_speech(tts, text: str) -> AudioChunk:
     """Speak ``text`` with Piper; returns 16 kHz audio."""
 

@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jiwer
 import numpy as np
 import pytest
 
 from runtime.turn import page_ice, relay_candidates
-from tests.conftest import piper_speech
+from tests.conftest import piper_speech, wer
 from tests.net.conftest import TURN_SECRET
 from tests.net.relay import (
     RATE,
@@ -55,19 +54,6 @@ def relay_server(module_lab, tmp_path_factory):
 @pytest.fixture(scope="module")
 def question(piper_tts):
     return piper_speech(piper_tts, "Hello! What is your favourite colour?")
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    norm = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
 
 
 async def _next(client: RecordingClient, after: int, within_s: float, **match: Any) -> int:

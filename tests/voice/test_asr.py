@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import random
 
-import jiwer
 import numpy as np
 import pytest
 
-from tests.conftest import espeak_wav, piper_speech
+from tests.conftest import espeak_wav, piper_speech, wer
 from voice.asr import ASROptions, WhisperASR, embedded_model_path, resolve_model
 from voice.audio import read_audio
 from voice.digits import parse_digits
@@ -17,19 +16,6 @@ from voice.types import AudioChunk
 from voice.vad import SileroVAD, SpeechProgress, TurnDetector, VADOptions
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
-
-
-def wer(reference: str, hypothesis: str) -> float:
-    norm = jiwer.Compose(
-        [
-            jiwer.ToLowerCase(),
-            jiwer.RemovePunctuation(),
-            jiwer.RemoveMultipleSpaces(),
-            jiwer.Strip(),
-            jiwer.ReduceToListOfListOfWords(),
-        ]
-    )
-    return jiwer.wer(reference, hypothesis, reference_transform=norm, hypothesis_transform=norm)
 
 
 def test_embedded_model_is_found_offline():
