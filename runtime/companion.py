@@ -123,7 +123,10 @@ class Companion:
         profiles = [self._with_profile(s, p) for p in (s.kiosk, *s.kiosk.profiles.values())]
         for settings in profiles:
             await self._load_voice(settings)
-        face = self.avatar(s.server.avatar)  # fail at start-up, not at the first call
+        self.avatar(s.server.avatar)  # fail at start-up, not at the first call
+        # The face model warms on the synthetic face: the same weights, and no real
+        # person is animated outside a session that passed its consent check.
+        face = self.avatar(SYNTHETIC_REF)
         # Every stage once, for real, before /health says ready (it checks self.models).
         report = await warm_up(
             asr=asr,
