@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.bench_turns import QUESTIONS as BENCH_QUESTIONS
 from runtime.dialogue.base import GenerationOptions, Message
 from runtime.dialogue.conversation import (
     Conversation,
@@ -28,15 +29,7 @@ pytestmark = pytest.mark.skipif(
 
 PERSONA = Persona(max_sentences=1)
 OPTIONS = ConversationOptions(generation=GenerationOptions(max_tokens=20, temperature=0.0))
-QUESTIONS = (
-    "Hello! How are you today?",
-    "What is your name?",
-    "Can you tell me something nice about the weather?",
-    "What should I cook for dinner tonight?",
-    "Do you like music?",
-    "Tell me a short story about a cat.",
-    "What is a good way to relax in the evening?",
-)  # 7 turns: the 6-message history is trimmed to 4 at turns 4 and 6
+QUESTIONS = BENCH_QUESTIONS[:7]  # 7 turns: the 6-message history is trimmed to 4 at turns 4 and 6
 # What a turn may evaluate beyond the question's own tokens: the user message's end
 # and the reply header ("<|im_end|>\n<|im_start|>assistant\n", 5 tokens with SmolLM2's
 # template) and a token merged across the boundary.
