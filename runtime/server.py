@@ -26,7 +26,6 @@ import contextlib
 import json
 import time
 
-from aiortc import RTCIceServer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -60,8 +59,14 @@ def create_app(settings: Settings) -> Starlette:
         log.warning(note)
     ice_limiter = RateLimiter(settings.server.ice_per_minute, 60.0)
 
-    def ceremony_ice() -> list[RTCIceServer]:
-        return IceProvider.from_config(settings.server).aiortc_servers()
+    def current_ice() -> IceProvider:
+        """The ICE servers as configured now: a rotated ``turn_secret_file`` counts from
+        the next connection. 503 when the secret cannot be read."""
+        try:
+            return IceProvider.from_config(settings.server)
+        except ConfigError as err:
+            log.error("cannot mint ICE credentials", error=str(err))
+            raise PortalError(503, "ICE servers unavailable") from None
 
     async def offer(request: Request) -> Response:
         raw = await request.body()
@@ -128,13 +133,9 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse(busy, 503, headers={"Retry-After": "10"})
         try:
             ice_limiter.hit(request.client.host if request.client else "-", "ICE requests")
+            page = current_ice().for_page()
         except PortalError as err:
             return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
-        try:  # read now: a rotated turn_secret_file counts from the next connection
-            page = IceProvider.from_config(settings.server).for_page()
-        except ConfigError as err:
-            log.error("cannot mint ICE credentials", error=str(err))
-            return JSONResponse({"error": "ICE servers unavailable"}, 503)
         return JSONResponse(page, headers={"Cache-Control": "no-store"})
 
     async def health(_: Request) -> Response:
@@ -182,8 +183,8 @@ def create_app(settings: Settings) -> Starlette:
             Route("/api/config", config),
             Route("/health", health),
             Route("/metrics", metrics),
-            # /api/consent; the ceremony's server peer gets the same ICE servers
-            portal_mount(for_gate(settings, lambda: companion.gate, ceremony_ice)),
+            # /api/consent; the enrolment ceremony's two peers get the same ICE servers
+            portal_mount(for_gate(settings, lambda: companion.gate, current_ice)),
             Mount("/", StaticFiles(directory=STATIC_DIR, html=True)),
         ],
         lifespan=lifespan,

@@ -16,7 +16,7 @@ reads and verifies the audit log and nothing else.
 
 Wiring (``runtime/server.py``)::
 
-    Mount list: ..., mount(for_gate(settings, lambda: companion.gate)), Mount("/", static)
+    Mount list: ..., mount(for_gate(settings, lambda: companion.gate, ice)), Mount("/", static)
 
 The context is built on the first request after the server's consent gate is loaded.
 """
@@ -42,6 +42,18 @@ if TYPE_CHECKING:
 PREFIX = "/api/consent"
 
 
+class DirectOnly:
+    """No STUN or TURN: the page reaches the server by its host candidates."""
+
+    @staticmethod
+    def aiortc_servers() -> list[Any]:
+        return []
+
+    @staticmethod
+    def for_page() -> dict[str, Any]:
+        return {"iceServers": [], "iceTransportPolicy": "all", "expires_at": None}
+
+
 class PortalContext:
     """What the portal's routes share.
 
@@ -51,8 +63,11 @@ class PortalContext:
         settings: ``runtime.config.Settings`` (``portal`` section, ``data_dir``, ...).
         enrolment: a loaded ``consent.enrolment.Enrolment``, or None to load it on first
             use (:meth:`enrolment_service`).
-        ice_servers: returns the ICE servers (aiortc ``RTCIceServer``, TURN credentials
-            fresh) for the ceremony's server peer; None = none (host candidates only).
+        ice: returns the ICE servers as configured now, an object with
+            ``aiortc_servers()`` (the ceremony's server peer, aiortc ``RTCIceServer``) and
+            ``for_page()`` (the page's ``RTCPeerConnection`` configuration), TURN
+            credentials fresh (``runtime.turn.IceProvider``); it may raise
+            :class:`~consent.portal.auth.PortalError` (503). None = host candidates only.
 
     Attributes:
         signin_limiter: sign-in attempts per client address (``portal.signin_per_minute``).
@@ -66,10 +81,10 @@ class PortalContext:
         keys: SigningKeys,
         settings: Any,
         enrolment: Any = None,
-        ice_servers: Callable[[], list[Any]] | None = None,
+        ice: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
-        self.ice_servers: Callable[[], list[Any]] = ice_servers or list
+        self.ice: Callable[[], Any] = ice or DirectOnly
         self.keys = keys
         self.settings = settings
         self.enrolment = enrolment
@@ -135,14 +150,14 @@ def mount(context: Callable[[], PortalContext | None]) -> Mount:
 
 
 def for_gate(
-    settings: Any, gate: Callable[[], Any], ice_servers: Callable[[], list[Any]] | None = None
+    settings: Any, gate: Callable[[], Any], ice: Callable[[], Any] | None = None
 ) -> Callable[[], PortalContext | None]:
     """A context provider over the server's consent gate, built once on first use.
 
     Args:
         settings: the server's settings.
         gate: returns the loaded ``ConsentGate`` (or None while the server starts).
-        ice_servers: the ceremony peer's ICE servers (see :class:`PortalContext`).
+        ice: the enrolment ceremony's ICE servers (see :class:`PortalContext`).
     """
     box: list[PortalContext] = []
     lock = threading.Lock()
@@ -156,7 +171,7 @@ def for_gate(
         with lock:
             if not box:
                 context = PortalContext.load(settings, loaded.store)
-                context.ice_servers = ice_servers or list
+                context.ice = ice or DirectOnly
                 box.append(context)
         return box[0]
 

@@ -12,6 +12,8 @@
     POST   enrol/photo[?subject=]      the photo bytes → {avatar_id, faces}
     POST   enrol/challenge[?subject=]  {avatar_id} → a challenge (429 when too many)
     GET    enrol/challenge[?subject=]  the newest pending challenge, or 404
+    POST   enrol/ice[?subject=]        → {iceServers, iceTransportPolicy, expires_at}: the
+                                       page's peer configuration, TURN credentials fresh
     POST   enrol/ceremony[?subject=]   {avatar_id, sdp, type: "offer"} → {sdp, type: "answer",
                                        ceremony_id}: the live ceremony (consent/ceremony/live.py)
     POST   enrol/clip?nonce=&started_at=[&subject=]  the clip bytes → {passed, points, ...}:
@@ -234,6 +236,20 @@ async def enrol_pending(request: Request, ctx: Any, who: Principal) -> Response:
     return ok(found.to_json())
 
 
+@api(TABLE, "POST", "/enrol/ice")
+async def enrol_ice(request: Request, ctx: Any, who: Principal) -> Response:
+    """The page's ICE servers for its next ceremony: behind a home NAT the camera's
+    media reaches the server only through the TURN relay, as a session's does.
+
+    TURN credentials are a relay's bandwidth: only for a person who may enrol the
+    subject, counted with the checks they start (``portal.challenges_per_hour``), and
+    expiring after ``server.turn_ttl_s``.
+    """
+    await _enrol_target(request, ctx, who)
+    ctx.challenge_limiter.hit(f"enrol-ice:{who.user_id}", "connections asked for")
+    return ok(ctx.ice().for_page(), headers={"Cache-Control": "no-store"})
+
+
 @api(TABLE, "POST", "/enrol/ceremony")
 async def enrol_ceremony(request: Request, ctx: Any, who: Principal) -> Response:
     """Start the live ceremony: the page's WebRTC offer in, the server's answer out.
@@ -256,10 +272,11 @@ async def enrol_ceremony(request: Request, ctx: Any, who: Principal) -> Response
     except ValueError as err:
         raise PortalError(400, str(err)) from None
     ctx.challenge_limiter.hit(f"enrol:{who.user_id}", "checks started")
+    ice_servers = ctx.ice().aiortc_servers()  # before the ceremony opens: it may 503
     service = await ctx.enrolment_service()
     opened = await thread(service.open_ceremony, subject_id, avatar_id, time.time())
     try:
-        answer, _running = await live.start(opened, body["sdp"], ctx.ice_servers())
+        answer, _running = await live.start(opened, body["sdp"], ice_servers)
     except ValueError as err:
         raise PortalError(400, str(err)) from None
     return ok({"sdp": answer.sdp, "type": answer.type, "ceremony_id": opened.id})

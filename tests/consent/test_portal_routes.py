@@ -35,6 +35,7 @@ SUBJECT_QUERY = {
     ("GET", "/api/consent/enrol/challenge"),
     ("POST", "/api/consent/enrol/clip"),
     ("POST", "/api/consent/enrol/ceremony"),
+    ("POST", "/api/consent/enrol/ice"),
 }
 # Routes that name the person in the JSON body, and who may legitimately do so anyway.
 BODY_SUBJECT = {

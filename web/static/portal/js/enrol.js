@@ -9,8 +9,8 @@
 // since_shown_ms} once the prompt is on screen; server -> page {"type": "result", passed,
 // liveness_id, avatar_id, points, retry}, then the server hangs up.
 //
-// Test hooks: window.likeness.enrol (state, avatarId, ceremonyId, prompts, lastResult, grant,
-// errors, timings).
+// Test hooks: window.likeness.enrol (state, avatarId, ceremonyId, rtcConfig, prompts,
+// lastResult, grant, errors, timings).
 
 const API = "/api/consent";
 const POINT_LABELS = {
@@ -69,6 +69,7 @@ const hooks = {
   user: null,
   avatarId: null,
   ceremonyId: null,
+  rtcConfig: null, // the last peer connection's configuration (POST enrol/ice)
   prompts: [],
   lastResult: null,
   grant: null,
@@ -212,6 +213,21 @@ function iceGathered(pc, timeoutMs) {
   });
 }
 
+/**
+ * The peer connection's configuration (POST enrol/ice): STUN/TURN servers with fresh
+ * credentials, relay-only where the server says so. A server without the route is
+ * reached directly. {ok, config} or {ok: false, reason}.
+ */
+async function peerConfig() {
+  const res = await api("POST", `/enrol/ice${forWhom("?")}`);
+  if ([404, 405].includes(res.status)) return { ok: true, config: { iceServers: [] } };
+  if (!res.ok || !Array.isArray(res.data?.iceServers)) {
+    return { ok: false, reason: errorText(res, "The connection could not be set up") };
+  }
+  const policy = res.data.iceTransportPolicy === "relay" ? "relay" : "all";
+  return { ok: true, config: { iceServers: res.data.iceServers, iceTransportPolicy: policy } };
+}
+
 async function startCeremony() {
   if (!hooks.avatarId) {
     choosePhoto();
@@ -247,7 +263,17 @@ async function startCeremony() {
   }
   hooks.timings.getUserMediaMs = performance.now() - t0;
   $("preview").srcObject = stream;
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  setState("connecting", "Connecting to the server…");
+  const rtc = await peerConfig();
+  if (!rtc.ok) {
+    for (const track of stream.getTracks()) track.stop();
+    $("preview").srcObject = null;
+    $("start-check").disabled = false;
+    showResult({ passed: false, points: [{ name: "connection", passed: false, reason: rtc.reason }] });
+    return;
+  }
+  hooks.rtcConfig = rtc.config;
+  const pc = new RTCPeerConnection(rtc.config);
   const channel = pc.createDataChannel("ceremony");
   live = { pc, channel, stream, ended: false };
   for (const track of stream.getTracks()) pc.addTrack(track, stream);
@@ -266,7 +292,6 @@ async function startCeremony() {
       });
     }
   });
-  setState("connecting", "Connecting to the server…");
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc, ICE_GATHERING_MS);
   const res = await api("POST", `/enrol/ceremony${forWhom("?")}`, {
