@@ -81,16 +81,15 @@ def run_client(lab: NetLab, main: Any, timeout: float = 120) -> Any:
     return lab.call("client", lambda: asyncio.run(main()), timeout)
 
 
-async def chat_page_in_lab(pw: Any, lab: NetLab, url: str, folder: Path) -> tuple[Any, Any, list]:
-    """The chat page (``?autostart=1``) in headless Chromium running in the client
-    namespace (a wrapper enters it; Playwright talks to it over pipes), its microphone
-    silent; returns ``(browser, page, page errors)`` once the page is connected."""
+async def chromium_in_lab(pw: Any, lab: NetLab, url: str, folder: Path) -> Any:
+    """Headless Chromium running in the client namespace (a wrapper enters it; Playwright
+    talks to it over pipes), its fake microphone silent, ``url`` a secure origin."""
     wrapper = folder / "chromium-in-client-ns"
     wrapper.write_text(f'#!/bin/sh\nexec ip netns exec {lab.ns["client"]} /usr/bin/chromium "$@"\n')
     wrapper.chmod(0o755)
     silence = folder / "silence.wav"
     write_wav(silence, np.zeros(RATE * 60, np.float32), RATE)
-    browser = await pw.chromium.launch(
+    return await pw.chromium.launch(
         executable_path=str(wrapper),
         args=[
             "--no-sandbox",
@@ -103,6 +102,12 @@ async def chat_page_in_lab(pw: Any, lab: NetLab, url: str, folder: Path) -> tupl
             "--disable-component-update",
         ],
     )
+
+
+async def chat_page_in_lab(pw: Any, lab: NetLab, url: str, folder: Path) -> tuple[Any, Any, list]:
+    """The chat page (``?autostart=1``) in :func:`chromium_in_lab`; returns ``(browser,
+    page, page errors)`` once the page is connected."""
+    browser = await chromium_in_lab(pw, lab, url, folder)
     page = await browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))

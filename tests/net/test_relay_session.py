@@ -6,8 +6,10 @@ their ICE servers (TURN credentials minted per session) and connect with
 ``iceTransportPolicy = relay`` through coturn. Loss is dropped on the NAT router
 (iptables statistic).
 
-CI cost: one server start and three sessions (two aiortc, one page), ~2.5-3.5 min on
-2 shared cores (the server's start is most of it).
+The enrolment page's live check connects the same way (``POST /api/consent/enrol/ice``).
+
+CI cost: one server start, three sessions (two aiortc, one page) and the start of one
+live check, ~3-4 min on 2 shared cores (the server's start is most of it).
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ import pytest
 
 from runtime.turn import page_ice, relay_candidates
 from tests.conftest import piper_speech, wer
+from tests.e2e.test_ceremony_browser import SESSION_COOKIE, png_bytes, until
 from tests.net.conftest import TURN_SECRET
 from tests.net.relay import (
     RATE,
     RecordingClient,
     chat_page_in_lab,
+    chromium_in_lab,
     run_client,
     serve_in_lab,
 )
@@ -280,3 +284,59 @@ async def test_the_page_relay_only_through_nat_survives_loss_and_a_burst(relay_s
     # Recovery (6 runs of 1.0 s bursts: 52-89 ms, one reconnect): the target is 1 s.
     assert burst["recovery_s"] <= 1.0, burst
     assert burst["fps_after"] >= 5 and connected and not errors, (burst, errors)
+
+
+def _signed_up(url: str) -> str:
+    """A new portal account (made from the client namespace); its session cookie."""
+    import httpx
+
+    with httpx.Client(base_url=url, timeout=60) as http:
+        ann = {"email": "ann@example.org", "password": "a long passphrase 42", "display_name": "A"}
+        made = http.post("/api/consent/auth/signup", json=ann)
+        assert made.status_code == 201, made.text
+        return made.cookies[SESSION_COOKIE]  # Secure: httpx keeps it for https only
+
+
+async def test_the_enrolment_check_connects_relay_only_through_nat(relay_server, tmp_path):
+    """A person enrolling from behind a home NAT: the enrolment page asks ``POST
+    /api/consent/enrol/ice`` for its ICE servers, connects relay-only through coturn, and
+    the live check's verdict arrives on its data channel."""
+    from playwright.async_api import async_playwright
+
+    from consent.ceremony.actors import LivePerson, persona
+
+    lab, url = relay_server
+    token = await asyncio.to_thread(lab.call, "client", lambda: _signed_up(url), 90)
+    photo = png_bytes(LivePerson(persona(0)).photo())
+    allocations = lab.coturn.log_text().count("ALLOCATE processed, success")
+    async with async_playwright() as pw:
+        browser = await chromium_in_lab(pw, lab, url, tmp_path)
+        try:
+            context = await browser.new_context()
+            cookie = {"name": SESSION_COOKIE, "value": token, "url": url, "httpOnly": True}
+            await context.add_cookies([{**cookie, "secure": True, "sameSite": "Strict"}])
+            page = await context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda err: errors.append(str(err)))
+            await page.goto(f"{url}/portal/enrol.html")
+            await until(page, "likeness.enrol.state === 'choose_photo'", 30)
+            image = {"name": "me.png", "mimeType": "image/png", "buffer": photo}
+            await page.set_input_files("#photo", files=[image])
+            await until(page, "likeness.enrol.state === 'photo_ok'", 120)  # models load now
+            await page.click("#start-check")
+            await until(page, "likeness.enrol.lastResult", 90)
+            config = await page.evaluate("likeness.enrol.rtcConfig")
+            result = await page.evaluate("likeness.enrol.lastResult")
+        finally:
+            await browser.close()
+    assert config["iceTransportPolicy"] == "relay", config
+    turn = [s for s in config["iceServers"] if any(u.startswith("turn:") for u in s["urls"])]
+    assert turn and ":" in turn[0]["username"] and turn[0]["credential"], config
+    # The check ran to its verdict and sent it on the data channel, which relay-only
+    # could only cross through a relay allocated just now. (Chromium's fake camera
+    # shows no face: the verdict is a plain-words failure, never a pass.)
+    assert result["type"] == "result" and result["passed"] is False, result
+    points = {p["name"]: p for p in result["points"]}
+    assert "could not see your face" in points["ceremony"]["reason"], points["ceremony"]
+    assert lab.coturn.log_text().count("ALLOCATE processed, success") > allocations
+    assert not errors, errors
