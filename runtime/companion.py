@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -33,7 +33,9 @@ from runtime.avatar_components import (
 )
 from runtime.config import KioskProfile, Settings
 from runtime.logs import get_logger
+from runtime.memory import release_every
 from runtime.metrics import Metrics
+from runtime.rtp_receiver import low_delay_audio
 from runtime.session import Session, SharedModels
 from runtime.turn import IceProvider
 from runtime.warmup import warm_up
@@ -78,7 +80,7 @@ class Companion:
         self._voices: dict[bool, Any] = {}  # TTS voices by eldercare (slow speech) setting
         self._clone_gate: Any = None  # the voice consent hook handed to load_tts
         self._voice_withdrawn = False  # the cloned voice was refused: stock voice from now on
-        self._consent_tasks: list[asyncio.Task] = []  # retention sweep, voice consent
+        self._daemons: list[asyncio.Task] = []  # retention sweep, voice consent, memory
 
     def _background(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -102,7 +104,7 @@ class Companion:
         dialogue = await components.load_dialogue(s)
         detector = components.distress_detector(s)
         models = SharedModels(asr, tts, dialogue, detector, avatar_engine=engine)
-        self._consent_tasks = [
+        self._daemons = [
             asyncio.create_task(
                 sweep_forever(
                     self.gate.store,
@@ -115,9 +117,10 @@ class Companion:
             )
         ]
         if components.clones_voice(s):
-            self._consent_tasks.append(
-                asyncio.create_task(self._watch_voice(), name="voice-consent")
-            )
+            self._daemons.append(asyncio.create_task(self._watch_voice(), name="voice-consent"))
+        if s.server.release_memory_s > 0:  # runtime/memory.py: RSS that levels off
+            every = release_every(s.server.release_memory_s)
+            self._daemons.append(asyncio.create_task(every, name="release-memory"))
         # Kiosk profiles may ask for the other voice (slow speech): load it now, not
         # while a kiosk waits for its answer.
         profiles = [self._with_profile(s, p) for p in (s.kiosk, *s.kiosk.profiles.values())]
@@ -141,9 +144,9 @@ class Companion:
         log.info("ready", host=s.server.host, port=s.server.port)
 
     async def shutdown(self) -> None:
-        for task in self._consent_tasks:
+        for task in self._daemons:
             task.cancel()
-        await asyncio.gather(*self._consent_tasks, return_exceptions=True)
+        await asyncio.gather(*self._daemons, return_exceptions=True)
         for session_id in list(self.sessions):
             await self.end(session_id, "server shutting down")
         if self.models is not None:
@@ -364,6 +367,8 @@ class Companion:
         def on_track(track: Any) -> None:
             if track.kind == "audio" and not listening:
                 listening.append(track)
+                # aiortc's own buffer throws good frames away under loss: runtime/rtp_receiver
+                low_delay_audio(next(r for r in pc.getReceivers() if r.track is track))
                 session.start(track)
             else:  # a camera (or a second microphone) nobody reads: drain it
                 session.drain(track)
@@ -429,6 +434,7 @@ class Companion:
         await session.close(reason)
         await pc.close()
         self.metrics.sessions.set(len(self.sessions))
+        log.info("microphone", session=session_id, **asdict(session.liveness.inbound))
 
 
 def event_json(message: dict[str, Any]) -> str:

@@ -28,6 +28,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 
+from runtime.rtp_receiver import ArrivalStamps, low_delay_audio
 from voice.audio import resample
 
 RATE = 48_000
@@ -77,12 +78,19 @@ class SpeechTrack(MediaStreamTrack):
 
 @dataclass
 class Received:
-    """What the client got back, with ``time.monotonic()`` arrival times."""
+    """What the client got back, with ``time.monotonic()`` arrival times.
+
+    ``audio_arrived`` and ``video_arrived`` (with ``stamp_arrivals``) hold, entry for
+    entry of ``audio_rms`` and ``video``, when the frame's first packet came off the
+    network (:mod:`runtime.rtp_receiver`), before aiortc's jitter buffers delayed it.
+    """
 
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     audio_rms: list[tuple[float, float]] = field(default_factory=list)
     video: list[tuple[float, np.ndarray]] = field(default_factory=list)
     keep_video: bool = True
+    audio_arrived: list[float] = field(default_factory=list)
+    video_arrived: list[float] = field(default_factory=list)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [e for _, e in self.events if e.get("type") == kind]
@@ -95,6 +103,11 @@ class Received:
 
 
 VideoHook = Callable[[float, av.VideoFrame], None]
+
+
+def _or_now(arrived: float | None, now: float) -> float:
+    """A frame's network arrival; its delivery time when the packet was not seen."""
+    return now if arrived is None else arrived
 
 
 class CompanionClient:
@@ -110,6 +123,11 @@ class CompanionClient:
             pass ``RTCConfiguration(iceServers=[])`` on a closed network.
         on_video: called with ``(arrival time, frame)`` for every received video
             frame, in the event loop (keep it cheap), e.g. to measure the picture.
+        stamp_arrivals: also record when each frame's first packet arrived
+            (``got.audio_arrived``, ``got.video_arrived``): what A/V sync is judged on.
+        low_delay_audio: receive the voice as a browser does under loss, every frame
+            that arrived played (``runtime.rtp_receiver.LowDelayAudio``); False keeps
+            aiortc's own buffer, which drops good frames after a loss.
     """
 
     def __init__(
@@ -121,6 +139,8 @@ class CompanionClient:
         deployment: str | None = None,
         configuration: RTCConfiguration | None = None,
         on_video: VideoHook | None = None,
+        stamp_arrivals: bool = False,
+        low_delay_audio: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.avatar = avatar
@@ -130,6 +150,9 @@ class CompanionClient:
         self.pc = RTCPeerConnection(configuration)
         self.got = Received(keep_video=keep_video)
         self._on_video = on_video
+        self._stamp_arrivals = stamp_arrivals
+        self._low_delay_audio = low_delay_audio
+        self.arrivals: dict[str, ArrivalStamps] = {}  # by kind, with stamp_arrivals
         self.session_id: str | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -160,6 +183,11 @@ class CompanionClient:
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
+            receiver = next(r for r in self.pc.getReceivers() if r.track is track)
+            if self._low_delay_audio and track.kind == "audio":
+                low_delay_audio(receiver)
+            if self._stamp_arrivals:  # before media flows: the hook sees every packet
+                self.arrivals[track.kind] = ArrivalStamps(receiver)
             reader = self._read_audio if track.kind == "audio" else self._read_video
             self._tasks.append(asyncio.create_task(reader(track)))
 
@@ -184,7 +212,10 @@ class CompanionClient:
                 frame = await track.recv()
                 pcm = frame.to_ndarray().astype(np.float32) / 32768.0
                 rms = float(np.sqrt(np.mean(pcm**2))) if pcm.size else 0.0
-                self.got.audio_rms.append((time.monotonic(), rms))
+                now = time.monotonic()
+                self.got.audio_rms.append((now, rms))
+                if (stamps := self.arrivals.get("audio")) is not None:
+                    self.got.audio_arrived.append(_or_now(stamps.arrival(frame.pts), now))
 
     async def _read_video(self, track: MediaStreamTrack) -> None:
         with contextlib.suppress(MediaStreamError):
@@ -193,6 +224,8 @@ class CompanionClient:
                 now = time.monotonic()
                 image = frame.to_ndarray(format="rgb24") if self.got.keep_video else np.zeros(0)
                 self.got.video.append((now, image))
+                if (stamps := self.arrivals.get("video")) is not None:
+                    self.got.video_arrived.append(_or_now(stamps.arrival(frame.pts), now))
                 if self._on_video is not None:
                     self._on_video(now, frame)
 
