@@ -60,13 +60,16 @@ def rss_mb(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def serve(sessions: int, data_dir: Path, env: dict[str, str] | None = None):
+def serve(sessions: int, data_dir: Path, env: dict[str, str] | None = None, nice: int = 0):
     """Start a fresh ``likeness serve`` for ``sessions`` sessions; yields (url, pid).
 
     It runs on defaults with its own data dir (no ``LIKENESS_*`` variable of the caller
     reaches it) plus ``env`` (``LIKENESS_...`` settings); it logs to
-    ``data_dir/server.log`` and is stopped on exit.
+    ``data_dir/server.log`` and is stopped on exit. ``nice`` (0-19) lowers its CPU
+    priority below the caller's, so that a client on the same cores is not starved by it.
     """
+    if not 0 <= nice <= 19:
+        raise ValueError(f"nice must be 0-19, got {nice}")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIKENESS_")} | {
         "LIKENESS_DATA_DIR": str(data_dir),
@@ -80,6 +83,7 @@ def serve(sessions: int, data_dir: Path, env: dict[str, str] | None = None):
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509 - no threads yet
     )
     url = f"http://127.0.0.1:{port}"
     try:

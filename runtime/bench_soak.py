@@ -71,6 +71,10 @@ class SoakOptions:
         url: a running server to use instead of starting a fresh one (then no RSS).
         rtc: the client's ICE set-up; None means no ICE servers (host candidates).
         server_env: ``LIKENESS_*`` settings for the fresh server.
+        server_nice: the fresh server's CPU priority below the client's (0-19). On one
+            machine the client stands in for the person's own device: with the server
+            nicer, the client's stalls stop counting as freezes, while the server's own
+            media still competes with its own models, as on a server of its own.
     """
 
     minutes: int
@@ -79,8 +83,11 @@ class SoakOptions:
     url: str | None = None
     rtc: RTCConfiguration | None = None
     server_env: dict[str, str] = field(default_factory=dict)
+    server_nice: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.server_nice <= 19:
+            raise ValueError(f"server_nice must be 0-19, got {self.server_nice}")
         if self.minutes < 1:
             raise ValueError(f"minutes must be at least 1, got {self.minutes}")
         low, high = self.interval_s
@@ -123,6 +130,7 @@ class _Script:
         got, rec = self.client.got, self.rec
         rec.audio_t = [t for t, _ in got.audio_rms]
         rec.envelope = [r for _, r in got.audio_rms]
+        rec.audio_net_t, rec.video_net_t = list(got.audio_arrived), list(got.video_arrived)
         ends = list(self.client.mic.speech_ends)
         turns = []
         for k, (asked, q) in enumerate(self.asked):
@@ -148,9 +156,17 @@ class _Script:
         if start is not None and stop is not None:
             turn.reply = (start, stop)
             if stop - start >= MIN_REPLY_S:
-                turn.av = av_lag(rec.audio_t, rec.envelope, rec.video_t, rec.mouth, (start, stop))
+                turn.av = av_lag(*_net_signals(rec), (start, stop))
             self._done[k] = turn
         return turn
+
+
+def _net_signals(rec: Received) -> tuple[list[float], list[float], list[float], list[float]]:
+    """``(audio times, envelope, video times, mouth)`` at packet arrival, as a browser's
+    receivers get them (delivery times where the client stamped none)."""
+    audio = rec.audio_net_t if len(rec.audio_net_t) == len(rec.envelope) else rec.audio_t
+    video = rec.video_net_t if len(rec.video_net_t) == len(rec.mouth) else rec.video_t
+    return audio, rec.envelope, video, rec.mouth
 
 
 async def _sample(url: str, pid: int | None, rec: Received) -> None:
@@ -183,7 +199,7 @@ async def _session(
     rng = random.Random(opts.seed)
     config = opts.rtc or RTCConfiguration(iceServers=[])
     async with CompanionClient(
-        url, keep_video=False, configuration=config, on_video=on_video
+        url, keep_video=False, configuration=config, on_video=on_video, stamp_arrivals=True
     ) as client:
         await client.wait_for("state", 30, state="listening")
         deadline = time.monotonic() + 30
@@ -241,7 +257,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
     rec = Received(start=math.nan, av_bias_s=0.0 if math.isnan(bias) else bias)
     with tempfile.TemporaryDirectory(prefix="likeness-soak-") as tmp:
         server = (
-            serve(1, Path(tmp), env=opts.server_env)
+            serve(1, Path(tmp), env=opts.server_env, nice=opts.server_nice)
             if opts.url is None
             else contextlib.nullcontext((opts.url, None))
         )
@@ -261,6 +277,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
             "interval_s": list(opts.interval_s),
             "server": opts.url or "fresh likeness serve (defaults)",
             "server_env": opts.server_env,
+            "server_nice": opts.server_nice,
             "ice_servers": len((opts.rtc.iceServers or []) if opts.rtc else []),
             "voices": sorted({q.voice for q in questions}),
             "targets": {

@@ -238,6 +238,7 @@ def serve(
     """Serve the companion: web pages, WebRTC sessions, /health and /metrics."""
     import uvicorn
 
+    from runtime.memory import limit_arenas
     from runtime.server import create_app
 
     settings = state.load()
@@ -266,6 +267,7 @@ def serve(
         markup=False,
         highlight=False,
     )
+    limit_arenas(server.malloc_arenas)  # before the model threads start (runtime/memory.py)
     uvicorn.run(
         create_app(settings),
         host=server.host,

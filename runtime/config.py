@@ -209,6 +209,12 @@ class ServerConfig(_Section):
     keep_session_memory: bool = Field(
         False, description="keep a session's conversation after it ends (privacy: off)"
     )
+    malloc_arenas: int = Field(
+        0, ge=0, le=64, description="glibc malloc arenas (0 = glibc's default: 8 per core)"
+    )
+    release_memory_s: float = Field(
+        0.0, ge=0, le=3600, description="return freed memory to the system this often (0 = never)"
+    )
 
     @field_validator("ice_servers", mode="before")
     @classmethod

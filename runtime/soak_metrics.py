@@ -196,6 +196,9 @@ class Received:
             whose pts jump as far was the sender's (it skipped slots), one with
             steady pts happened on the way or in the client.
         audio_t: audio frame arrivals; envelope: each frame's RMS.
+        audio_net_t, video_net_t: when each audio and video frame's first packet
+            arrived, before the aiortc client's jitter buffers (which hold audio 80 ms
+            and video one frame, :mod:`runtime.rtp_receiver`): what A/V is judged on.
         turns: the scripted questions.
         samples: ``(time, server RSS MB, open asyncio tasks)`` taken during the run.
         stalls: ``(time, seconds)`` the client's own event loop overslept a 50 ms
@@ -213,6 +216,8 @@ class Received:
     video_pts: list[float] = field(default_factory=list)
     audio_t: list[float] = field(default_factory=list)
     envelope: list[float] = field(default_factory=list)
+    audio_net_t: list[float] = field(default_factory=list)
+    video_net_t: list[float] = field(default_factory=list)
     turns: list[TurnRecord] = field(default_factory=list)
     samples: list[tuple[float, float, int]] = field(default_factory=list)
     stalls: list[tuple[float, float]] = field(default_factory=list)

@@ -393,3 +393,9 @@ def test_bad_soak_options_are_refused_with_their_name():
         SoakOptions(minutes=3, interval_s=(30.0, 20.0))
     with pytest.raises(ValueError, match="interval_s"):
         SoakOptions(minutes=3, interval_s=(1.0, 2.0))
+    with pytest.raises(ValueError, match="server_nice"):
+        SoakOptions(minutes=3, server_nice=20)
+    with_url = CliRunner().invoke(
+        app, ["bench", "soak", "--url", "http://127.0.0.1:9", "--server-nice", "5"]
+    )
+    assert with_url.exit_code != 0 and "--server-nice" in with_url.output
