@@ -10,7 +10,10 @@ the first turns of a session and stays there, although the heap is free. Two rem
 - :func:`release` (``server.release_memory_s``): ``malloc_trim(0)`` now and then, which
   returns every arena's free pages to the system (a few ms).
 
-Neither exists outside glibc (musl, macOS): they then do nothing and say so.
+Neither exists outside glibc (musl, macOS): they then do nothing and say so. Measured
+together (2 arenas, a trim every 30 s, the defaults) in a 4-minute soak on 2 cores: the
+server's RSS 1.41 -> 1.19 GB, its growth after the first minute 2.9 % -> 0.1 %, turn
+latency unchanged.
 """
 
 from __future__ import annotations
