@@ -15,6 +15,7 @@ so the same run can go through a TURN relay or a NAT.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
 import random
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 from aiortc import RTCConfiguration
 
 from runtime.bench_session import rss_mb, serve
@@ -48,7 +48,10 @@ from runtime.soak_metrics import (
     Received,
     TurnRecord,
     av_lag,
+    cell,
+    last_minute_row,
     minute_rows,
+    table_cells,
     verdict,
 )
 
@@ -145,9 +148,8 @@ class _Script:
         end = next((e for e in ends if e >= asked), None)
         voice_end = asked + q.voice_end_s if end is None else end + FRAME_S - clip_s + q.voice_end_s
         turn = TurnRecord(asked_at=asked, voice_end=voice_end)
-        turn.first_audio_at = next(
-            (t for t, r in got.audio_rms if voice_end < t < until and r > LEVEL), None
-        )
+        later = got.audio_rms[bisect.bisect_right(rec.audio_t, voice_end) :]  # not the whole run
+        turn.first_audio_at = next((t for t, r in later if t < until and r > LEVEL), None)
         events = [(t, e) for t, e in got.events if voice_end < t < until]
         turn.stages_ms = next((e["stages_ms"] for _, e in events if e.get("type") == "metrics"), {})
         states = [(t, e["state"]) for t, e in events if e.get("type") == "state"]
@@ -217,7 +219,7 @@ async def _session(
                 if now >= rec.start + 60 * (minute + 1):
                     minute += 1
                     script.update()
-                    on_minute(minute_rows(rec, minute, SETTLE_S)[-1])
+                    on_minute(last_minute_row(rec, minute, SETTLE_S))
                 if next_at <= now < end - QUIET_END_S:
                     if script.listening_for() >= 1.0:
                         script.ask(questions[len(script.asked) % len(questions)])
@@ -339,10 +341,6 @@ MINUTE_COLUMNS = [
 ]
 
 
-def _cell(value: float, digits: int = 0) -> str:
-    return "-" if isinstance(value, float) and np.isnan(value) else f"{value:.{digits}f}"
-
-
 def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
     """The per-minute rows as table cells (columns: :data:`MINUTE_COLUMNS`)."""
     keys = (
@@ -361,17 +359,17 @@ def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
         ("rss_mb", 0),
         ("tasks", 0),
     )
-    return [[_cell(float(row[k]), d) for k, d in keys] for row in rows]
+    return table_cells(rows, keys)
 
 
 def progress_line(row: dict[str, float], minutes: int) -> str:
     """One line per finished minute, for the terminal."""
     return (
         f"minute {row['minute']}/{minutes}: {row['fps']:.1f} fps, {row['freezes']} freezes "
-        f"({row['freezes_at_sender']} at the sender, max gap {_cell(row['max_gap_ms'])} ms), "
+        f"({row['freezes_at_sender']} at the sender, max gap {cell(row['max_gap_ms'])} ms), "
         f"{row['audio_gaps']} audio gaps, "
-        f"A/V {_cell(row['av_offset_ms'])} ms, {row['turns']} turns "
-        f"p50 {_cell(row['turn_p50_ms'])} ms, RSS {_cell(row['rss_mb'])} MB, "
+        f"A/V {cell(row['av_offset_ms'])} ms, {row['turns']} turns "
+        f"p50 {cell(row['turn_p50_ms'])} ms, RSS {cell(row['rss_mb'])} MB, "
         f"{row['tasks']} tasks"
     )
 
@@ -390,20 +388,20 @@ def target_table(result: dict[str, Any]) -> list[list[str]]:
         [
             "A/V offset start / end",
             f"<= {TARGET_AV_MS:.0f} ms",
-            f"{_cell(m['av_offset_start_ms'])} / {_cell(m['av_offset_end_ms'])} ms",
+            f"{cell(m['av_offset_start_ms'])} / {cell(m['av_offset_end_ms'])} ms",
             m["target_av_in_sync"],
         ],
         [
             "RSS growth after minute 1",
             f"<= {TARGET_RSS_GROWTH_PCT:.0f} %",
-            f"{_cell(m['rss_growth_pct'], 1)} %",
+            f"{cell(m['rss_growth_pct'], 1)} %",
             m["target_rss_flat"],
         ],
         [
             "turn latency, late / early",
             f"<= x{TARGET_TREND}",
-            f"x{_cell(m['turn_trend'], 2)} ({_cell(m['turn_late_ms'])} / "
-            f"{_cell(m['turn_early_ms'])} ms)",
+            f"x{cell(m['turn_trend'], 2)} ({cell(m['turn_late_ms'])} / "
+            f"{cell(m['turn_early_ms'])} ms)",
             m["target_turns_flat"],
         ],
     ]

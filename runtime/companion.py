@@ -434,7 +434,7 @@ class Companion:
         await session.close(reason)
         await pc.close()
         self.metrics.sessions.set(len(self.sessions))
-        log.info("microphone", session=session_id, **asdict(session.liveness.inbound))
+        log.info("microphone stats", session=session_id, **asdict(session.liveness.inbound))
 
 
 def event_json(message: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.soak_metrics import TARGET_RSS_GROWTH_PCT
+from runtime.soak_metrics import TARGET_RSS_GROWTH_PCT, cell, table_cells
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,10 +333,6 @@ MINUTE_COLUMNS = [
 ]
 
 
-def _cell(value: float, digits: int = 0) -> str:
-    return "-" if isinstance(value, float) and np.isnan(value) else f"{value:.{digits}f}"
-
-
 def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
     """The per-minute rows as table cells (columns: :data:`MINUTE_COLUMNS`)."""
     keys = (
@@ -355,16 +351,16 @@ def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
         ("rss_mb", 0),
         ("tasks", 0),
     )
-    return [[_cell(float(row[k]), d) for k, d in keys] for row in rows]
+    return table_cells(rows, keys)
 
 
 def progress_line(row: dict[str, float], minutes: int) -> str:
     """One line per finished minute, for the terminal."""
     return (
         f"minute {row['minute']}/{minutes}: {row['fps']:.1f} fps, {row['freezes']} freezes "
-        f"({_cell(row['freeze_ms'])} ms), audio concealed {_cell(row['concealed_pct'], 1)} %, "
+        f"({cell(row['freeze_ms'])} ms), audio concealed {cell(row['concealed_pct'], 1)} %, "
         f"{row['turns']} questions, {row['answered']} answered so far, "
-        f"RSS {_cell(row['rss_mb'])} MB, {row['tasks']} tasks"
+        f"RSS {cell(row['rss_mb'])} MB, {row['tasks']} tasks"
     )
 
 
@@ -385,7 +381,7 @@ def target_table(result: dict[str, Any]) -> list[list[str]]:
         [
             "RSS growth after minute 1",
             f"<= {TARGET_RSS_GROWTH_PCT:.0f} %",
-            f"{_cell(m['rss_growth_pct'], 1)} %",
+            f"{cell(m['rss_growth_pct'], 1)} %",
             m["target_rss_flat"],
         ],
         [

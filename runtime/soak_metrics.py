@@ -14,9 +14,10 @@ gathers the live inputs and calls these.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -299,6 +300,32 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
     return rows
 
 
+def last_minute_row(rec: Received, minute: int, settle_s: float = 2.0) -> dict[str, float]:
+    """Row ``minute`` (1-based) of :func:`minute_rows`, from that minute's data alone.
+
+    The whole run's rows cost time in proportion to the run; computed once a minute in
+    the client's event loop, late in an hour they held it up for 200-400 ms: a freeze
+    the bench gave itself. This reads the frames from a second before the minute on
+    (a gap belongs to the minute it starts in), so its cost stays that of one minute.
+    """
+    a = rec.start + 60.0 * (minute - 1)
+    v = bisect.bisect_left(rec.video_t, a - 1.0)
+    w = bisect.bisect_left(rec.audio_t, a - 1.0)
+    window = replace(
+        rec,
+        start=a,
+        video_t=rec.video_t[v:],
+        video_pts=rec.video_pts[v:],
+        mouth=[],
+        audio_t=rec.audio_t[w:],
+        envelope=[],
+        audio_net_t=[],
+        video_net_t=[],
+    )
+    row = minute_rows(window, 1, settle_s if minute == 1 else 0.0)[0]
+    return row | {"minute": minute}
+
+
 def _edge_offset(rec: Received, turns: Sequence[TurnRecord]) -> float:
     return _median([o for t in turns if (o := av_offset_ms(t, rec.av_bias_s)) is not None])
 
@@ -373,3 +400,15 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
         "turns_flat": None if math.isnan(trend) else trend <= TARGET_TREND,
     }
     return {"summary": summary, "targets": checks}
+
+
+def cell(value: float, digits: int = 0) -> str:
+    """A table cell: ``value`` to ``digits`` places, "-" for NaN."""
+    return "-" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
+
+
+def table_cells(
+    rows: Sequence[dict[str, float]], keys: Sequence[tuple[str, int]]
+) -> list[list[str]]:
+    """Per-minute rows as table cells: ``keys`` are ``(field, digits)`` in column order."""
+    return [[cell(float(row[k]), d) for k, d in keys] for row in rows]

@@ -21,6 +21,7 @@ from runtime.soak_metrics import (
     TurnRecord,
     av_lag,
     gaps,
+    last_minute_row,
     minute_rows,
     verdict,
     within,
@@ -193,6 +194,23 @@ def test_minute_rows_put_each_event_in_its_minute():
     assert 24.5 <= rows[1]["fps"] <= 25.1 and rows[0]["fps"] < rows[1]["fps"]
     assert [r["rss_mb"] for r in rows] == [1000.0, 1000.0, 1030.0]
     assert [r["tasks"] for r in rows] == [20, 19, 20]  # the fewest in each minute
+
+
+def test_each_minute_s_row_from_its_own_data_is_the_whole_run_s_row():
+    """The progress row is computed from one minute's data (its cost must not grow with
+    the run: it runs in the client's event loop), and says the same."""
+    rec = three_minutes(hole_at=130.0)
+    rec.video_t = [t for t in rec.video_t if not 219.9 <= t < 220.3]  # minute 3 starts at 220
+    rec.video_pts = rec.video_t[:]
+    rec.turns = [turn(110.0, 2000, 10), turn(140.0, 3000, 20), turn(250.0, 2500, 30)]
+    rec.stalls = [(130.0, 0.3), (200.0, 0.15), (210.0, 0.5)]
+    whole = minute_rows(rec, 3)
+    for m in (1, 2, 3):
+        part = last_minute_row(rec, m)
+        assert part.keys() == whole[m - 1].keys()
+        for key, value in whole[m - 1].items():
+            assert part[key] == pytest.approx(value, nan_ok=True), (m, key)
+    assert [r["freezes"] for r in whole] == [1, 1, 0]  # the edge hole is minute 2's
 
 
 def test_a_hole_in_the_first_seconds_is_set_up_not_a_freeze():
