@@ -106,7 +106,7 @@ class ArrivalStamps:
         if mapper is None or not callable(getattr(mapper, "map", None)) or handle is None:
             raise UnsupportedReceiver(
                 "aiortc's RTCRtpReceiver changed: cannot stamp packet arrivals "
-                "(runtime.rtp_receiver.py hooks _handle_rtp_packet and the timestamp mapper)"
+                "(runtime/rtp_receiver.py hooks _handle_rtp_packet and the timestamp mapper)"
             )
         self._first: OrderedDict[int, float] = OrderedDict()  # RTP timestamp -> arrival
         self._by_pts: OrderedDict[int, float] = OrderedDict()  # decoded pts -> arrival

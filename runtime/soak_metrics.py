@@ -304,7 +304,7 @@ def last_minute_row(rec: Received, minute: int, settle_s: float = 2.0) -> dict[s
     """Row ``minute`` (1-based) of :func:`minute_rows`, from that minute's data alone.
 
     The whole run's rows cost time in proportion to the run; computed once a minute in
-    the client's event loop, late in an hour they held it up for 200-400 ms: a freeze
+    the client's event loop, late in an hour they held it up for 0.3-0.8 s: a freeze
     the bench gave itself. This reads the frames from a second before the minute on
     (a gap belongs to the minute it starts in), so its cost stays that of one minute.
     """
