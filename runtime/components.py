@@ -119,7 +119,9 @@ def tts_options(settings: Settings, backend: str) -> object:
         if settings.persona.eldercare and "length_scale" not in t.model_fields_set:
             scale = 1.2
         return PiperOptions(
-            model=Path(t.piper_model) if t.piper_model else None, length_scale=scale
+            model=Path(t.piper_model) if t.piper_model else None,
+            length_scale=scale,
+            memory_arena=t.piper_memory_arena,
         )
     if backend == "espeak":
         from voice.tts.espeak import EspeakOptions

@@ -247,6 +247,23 @@ def test_piper_names_the_fix_for_a_missing_model(tmp_path: Path) -> None:
         PiperTTS.load(PiperOptions(model=tmp_path / "missing.onnx"))
 
 
+async def test_piper_without_its_memory_arena_speaks_the_same() -> None:
+    """``memory_arena=False`` (memory back after each sentence) changes where ONNX
+    Runtime keeps its buffers, not what is said: same samples, same timings."""
+    opts = {"noise_scale": 0.0, "noise_w": 0.0}
+    kept = PiperTTS.load(PiperOptions(**opts))
+    freed = PiperTTS.load(PiperOptions(memory_arena=False, **opts))
+    assert kept._voice.session.get_session_options().enable_cpu_mem_arena is True
+    assert freed._voice.session.get_session_options().enable_cpu_mem_arena is False
+    assert freed.reports_timings and kept.reports_timings
+    text = "The roses bloom along the old stone wall."
+    a = [c async for c in kept.synthesize(text)]
+    b = [c async for c in freed.synthesize(text)]
+    assert len(a) == len(b) == 1
+    assert np.allclose(a[0].pcm, b[0].pcm, atol=1e-5)
+    assert [t.symbol for t in a[0].timings] == [t.symbol for t in b[0].timings]
+
+
 def test_espeak_rejects_an_unknown_voice_and_bad_options() -> None:
     with pytest.raises(ModelNotFoundError, match="espeak-ng --voices"):
         EspeakTTS.load(EspeakOptions(voice="no-such-voice"))
