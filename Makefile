@@ -13,9 +13,9 @@ export CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DMTMD_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF 
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
 PYTEST_ARGS ?=
 
-.PHONY: setup system-packages demo test lint bench doctor clean
+.PHONY: setup system-packages models demo test lint bench doctor clean
 
-setup: system-packages $(VENV)/.installed
+setup: system-packages $(VENV)/.installed models
 
 # Checked every time (a few ms with dpkg); apt-get runs only when something is missing.
 system-packages:
@@ -32,6 +32,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip 'setuptools<81' wheel
 	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 	@touch $@
+
+# The MediaPipe face models (Apache-2.0), taken out of the pinned mediapipe wheel (downloaded
+# with --no-deps, never installed) and checked by sha256, into the data dir's models folder
+# (LIKENESS_DATA_DIR, default ~/.local/share/likeness). Checked every time (well under a
+# second); downloads only when a file is missing or differs.
+models: $(VENV)/.installed
+	$(BIN)/python -m avatar.face.mediapipe_models
 
 demo: setup
 	$(BIN)/likeness serve

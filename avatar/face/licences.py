@@ -3,19 +3,24 @@
 Print :data:`LICENCES` before deploying: the default 68-point landmark model may not be
 used in a commercial product (see ``"dlib"``).
 
-About MediaPipe (checked, not offered): the Apache-2.0 ``mediapipe`` wheels 1.2.2
-(43 MB, a 127 MB ``libmediapipe.so`` and Python wrappers) and 0.10.35 (12 MB) ship no
-face model at all (no .tflite, .task or .binarypb file; the Tasks API expects
-``face_landmarker.task`` to be downloaded at run time, which this project does not do).
-The last wheel that bundled the face mesh models offline (0.10.21, 36 MB,
-``mediapipe/modules/face_landmark/*.tflite``) requires ``numpy<2`` and ``protobuf<5`` and
-pulls ``jax`` and ``opencv-contrib-python``, which conflict with this project's numpy 2
-and opencv-python-headless. So there is no ``mediapipe`` backend.
+MediaPipe (``"mediapipe"``, optional for now): the ``mediapipe`` wheels 1.2.2 and 0.10.35
+ship no face model (their Tasks API downloads ``face_landmarker.task`` at run time, which
+this project does not do). The last wheel that bundled the face models, 0.10.21, requires
+``numpy<2`` and is never installed: set-up downloads it with ``--no-deps``, takes the two
+``.tflite`` files out, checks their sha256 and keeps them in the data dir's models folder
+(:mod:`avatar.face.mediapipe_models`); ``ai-edge-litert`` runs them.
 """
 
 from __future__ import annotations
 
 LICENCES: dict[str, str] = {
+    "mediapipe": (
+        "engine: ai-edge-litert 2.3.0 (LiteRT, Apache-2.0). Models: "
+        "face_detection_short_range.tflite (BlazeFace) and face_landmark.tflite (the "
+        "468-point face mesh), from the mediapipe 0.10.21 wheel, Apache-2.0 (Copyright "
+        "Google LLC; Google's model cards describe their training data). Commercial use "
+        "allowed under Apache-2.0's terms: keep the licence text and notices."
+    ),
     "dlib": (
         "engine: dlib 20 (Boost Software License 1.0). Detector: dlib's built-in HOG "
         "frontal face detector, trained on Labeled Faces in the Wild images (part of dlib, "

@@ -25,10 +25,14 @@ class FaceOptions:
             ``FaceNotFoundError("profile view, look at the camera")``.
         upsample: how many times the detector doubles the image before scanning; each
             doubling finds faces half as small and costs about 4x the time. The dlib HOG
-            detector's window is 80 px, so 1 finds faces down to about 40 px.
+            detector's window is 80 px, so 1 finds faces down to about 40 px. With
+            "mediapipe" each step also searches tiles half as large (1: about 20 ms).
         min_score: detections scoring below this are ignored (dlib HOG: a real frontal
-            face scores about 1; spurious hits on textures score about 0.1).
-        backend: name of the detection + landmark backend (see ``avatar.face.registry``).
+            face scores about 1; spurious hits on textures score about 0.1; "mediapipe"
+            returns probabilities from 0.5, a clear face about 0.9).
+        backend: name of the detection + landmark backend (see ``avatar.face.registry``):
+            "dlib" (default; its 68-point model is not for commercial use) or "mediapipe"
+            (Apache-2.0; needs the models ``make setup`` fetches).
     """
 
     max_side: int = 1600

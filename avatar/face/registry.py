@@ -1,8 +1,9 @@
 """Build a face detection + landmark backend by name.
 
 Names: "dlib" (the default: HOG detector + 68-point shape predictor; not for commercial
-use, see :data:`avatar.face.licences.LICENCES`). No MediaPipe backend: its current wheels
-ship no face model (see :mod:`avatar.face.licences`).
+use, see :data:`avatar.face.licences.LICENCES`) and "mediapipe" (optional: BlazeFace and
+the 468-point face mesh on LiteRT, Apache-2.0; its two model files are fetched by
+``make setup``, see :mod:`avatar.face.mediapipe_models`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 from avatar.errors import AvatarError, ModelNotFoundError
 from avatar.face.base import LandmarkBackend
 
-BACKENDS = ("dlib",)
+BACKENDS = ("dlib", "mediapipe")
 
 
 class UnknownBackendError(AvatarError, ValueError):
@@ -38,6 +39,10 @@ def load_backend(name: str) -> LandmarkBackend:
         from avatar.face.dlib_backend import DlibBackend
 
         return DlibBackend.load()
+    if key == "mediapipe":
+        from avatar.face.mediapipe_backend import MediaPipeBackend
+
+        return MediaPipeBackend.load()
     raise UnknownBackendError(f"Unknown face backend {name!r}: choose one of {', '.join(BACKENDS)}")
 
 
@@ -47,12 +52,28 @@ def available_backends() -> dict[str, str]:
     Returns:
         name -> a line starting with "ready" or "unavailable:", for a doctor command.
     """
+    return {"dlib": _dlib_status(), "mediapipe": _mediapipe_status()}
+
+
+def _dlib_status() -> str:
     from avatar.face.models import LANDMARKS_68, model_path
 
     if importlib.util.find_spec("dlib") is None:
-        return {"dlib": "unavailable: pip install dlib-bin==20.0.1.post1"}
+        return "unavailable: pip install dlib-bin==20.0.1.post1"
     try:
         model = model_path(LANDMARKS_68)
     except ModelNotFoundError as err:
-        return {"dlib": f"unavailable: {err}"}
-    return {"dlib": f"ready ({model.name}; not for commercial use)"}
+        return f"unavailable: {err}"
+    return f"ready ({model.name}; not for commercial use)"
+
+
+def _mediapipe_status() -> str:
+    from avatar.face.mediapipe_models import DETECTOR, MESH, model_file
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        return "unavailable: pip install ai-edge-litert==2.3.0"
+    try:
+        paths = [model_file(MESH), model_file(DETECTOR)]
+    except ModelNotFoundError as err:
+        return f"unavailable: {err}"
+    return f"ready ({', '.join(str(p) for p in paths)}; Apache-2.0)"
