@@ -10,8 +10,9 @@ What it does, following MediaPipe's face mesh graph:
 * :meth:`MediaPipeBackend.detect`: BlazeFace (:mod:`avatar.face.blazeface`), each face
   then confirmed by the mesh model's own face probability on the detector's crop;
 * :meth:`MediaPipeBackend.mesh`: the mesh on a tight crop of 1.5 times the face's box,
-  turned so the eyes are level (the model needs it: a face probability of 1.0 on a tight
-  crop, 0.06 on a loose one), then once more on the crop the first mesh gives;
+  turned so the eyes are level (the model needs a tight crop: on the astronaut its face
+  probability is 1.0 up to twice that crop's side, 0.004 at three times), then once more
+  on the crop the first mesh gives;
 * :meth:`MediaPipeBackend.landmarks`: that mesh mapped to the 68-point layout
   (:data:`avatar.face.mesh.MESH_TO_68`), for the rest of the code;
 * :class:`MeshTracker`: video, one face; each frame's crop comes from the previous

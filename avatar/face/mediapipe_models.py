@@ -10,7 +10,7 @@ file                                   bytes      what
 =====================================  =========  ==========================================
 ``face_detection_short_range.tflite``    229,714  BlazeFace, 128x128 input, 896 anchors
 ``face_landmark.tflite``               1,242,398  face mesh, 192x192 input, 468 points x,y,z
-``LICENSE.mediapipe``                     12,331  the wheel's Apache-2.0 text, kept beside them
+``LICENSE.mediapipe``                     12,331  the wheel's Apache-2.0 text
 =====================================  =========  ==========================================
 
 Set-up (``make setup`` runs it)::
