@@ -30,6 +30,7 @@ import httpx
 from aiortc import RTCConfiguration
 
 from runtime.bench_session import rss_mb, serve
+from runtime.memory import freeze_heap
 from runtime.rtc_client import CompanionClient
 from runtime.soak_client import (
     FRAME_S,
@@ -211,6 +212,7 @@ async def _session(
             await asyncio.sleep(0.02)
         rec.start = rec.video_t[0]
         end = rec.start + 60 * opts.minutes
+        freeze_heap()  # the client's loop is the "person's device": no 110 ms GC walks
         script = _Script(client, rec)
         sampler = asyncio.create_task(_sample(url, pid, rec))
         try:
@@ -220,6 +222,7 @@ async def _session(
                     minute += 1
                     script.update()
                     on_minute(last_minute_row(rec, minute, SETTLE_S))
+                    freeze_heap()  # the minute's records stay to the end: out of GC's walk
                 if next_at <= now < end - QUIET_END_S:
                     if script.listening_for() >= 1.0:
                         script.ask(questions[len(script.asked) % len(questions)])

@@ -33,7 +33,7 @@ from runtime.avatar_components import (
 )
 from runtime.config import KioskProfile, Settings
 from runtime.logs import get_logger
-from runtime.memory import release_every
+from runtime.memory import freeze_heap, release_every
 from runtime.metrics import Metrics
 from runtime.rtp_receiver import low_delay_audio
 from runtime.session import Session, SharedModels
@@ -140,6 +140,9 @@ class Companion:
             make_generator=partial(avatar_generator, s, face, engine),
         )
         log.info("warmed up", seconds=report.seconds, heard=report.heard)
+        # Out of the cyclic collector's walk: a full collection over torch and the models
+        # held the event loop ~110 ms, unannounced (runtime/memory.py).
+        log.info("heap frozen", objects=freeze_heap())
         self.models = models
         log.info("ready", host=s.server.host, port=s.server.port)
 

@@ -14,6 +14,12 @@ Neither exists outside glibc (musl, macOS): they then do nothing and say so. Mea
 together (2 arenas, a trim every 30 s, the defaults) in a 4-minute soak on 2 cores: the
 server's RSS 1.41 -> 1.19 GB, its growth after the first minute 2.9 % -> 0.1 %, turn
 latency unchanged.
+
+Python's own collector is the other pause of a long-running process: a full (oldest
+generation) collection walks every container object, and torch's import alone leaves
+about 180,000 of them: 110 ms of a held event loop each time, at moments nobody chose
+(measured on 2 cores; 0.7 ms once they are frozen). :func:`freeze_heap` moves what
+exists after start-up out of the collector's reach; the server calls it once warmed up.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import gc
 import logging
 from functools import cache
 
@@ -64,3 +71,16 @@ async def release_every(seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         await asyncio.to_thread(release)
+
+
+def freeze_heap() -> int:
+    """Collect once, then move every object that survived into the collector's permanent
+    generation (``gc.freeze``), so later full collections walk only newer objects.
+
+    For what exists after start-up (modules, models, caches) and stays for the process's
+    life; cyclic garbage made of frozen objects is never collected, so call it at a quiet
+    point, not in a loop over short-lived work. Returns how many objects are frozen.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -10,6 +10,7 @@ import asyncio
 import ctypes
 import gc
 import os
+import weakref
 
 import pytest
 
@@ -71,3 +72,28 @@ async def test_release_every_runs_off_the_loop_until_cancelled(monkeypatch):
     with pytest.raises(asyncio.CancelledError):
         await task
     assert len(calls) >= 3
+
+
+def test_freeze_heap_takes_start_up_objects_out_of_the_collectors_walk():
+    """What exists when the heap is frozen is no longer walked by a full collection
+    (torch's import alone is ~180,000 objects: 110 ms a walk on 2 cores, 0.7 ms frozen);
+    objects made afterwards still are, and their cycles are still collected."""
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+
+    kept = [[i] for i in range(20_000)]
+    try:
+        frozen = memory.freeze_heap()
+        assert frozen >= len(kept)
+        walked = {id(o) for o in gc.get_objects()}
+        assert not any(id(x) in walked for x in kept[:100])
+        collected = []
+        node = Node()
+        gone = weakref.ref(node, collected.append)
+        del node
+        gc.collect()
+        assert gone() is None and collected
+    finally:
+        gc.unfreeze()
