@@ -66,7 +66,7 @@ def crop_frame(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
         left = int(np.floor(cx - side / 2)) - margin
         top = int(np.floor(cy - side / 2)) - margin
         extent = int(np.ceil(side)) + 2 * margin + 1
-        region = _cut(image, left, top, extent)
+        region = cut_square(image, left, top, extent)
         small = max(int(round(extent * 2 * size / side)), 1)
         image = cv2.resize(region, (small, small), interpolation=cv2.INTER_AREA)
         f = small / extent
@@ -84,7 +84,9 @@ def crop_frame(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def _cut(image: np.ndarray, left: int, top: int, extent: int) -> np.ndarray:
+def cut_square(image: np.ndarray, left: int, top: int, extent: int) -> np.ndarray:
+    """The ``extent``-pixel square of ``image`` at ``(left, top)``, black where it
+    reaches past the image's edges."""
     height, width = image.shape[:2]
     region = np.zeros((extent, extent, 3), np.uint8)
     x0, y0 = max(left, 0), max(top, 0)

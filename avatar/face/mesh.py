@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from avatar.face.crop import cut_square
 from avatar.types import Box
 
 MESH_POINTS = 468
@@ -193,12 +194,7 @@ def _shrunk(image: np.ndarray, roi: Roi, size: int) -> tuple[np.ndarray, Roi]:
     half = roi.side / 2 * (abs(math.cos(roi.angle)) + abs(math.sin(roi.angle))) + 1
     x0, y0 = math.floor(roi.cx - half), math.floor(roi.cy - half)
     side = math.ceil(2 * half)
-    height, width = image.shape[:2]
-    part = np.zeros((side, side, 3), np.uint8)
-    sx0, sy0 = max(x0, 0), max(y0, 0)
-    sx1, sy1 = min(x0 + side, width), min(y0 + side, height)
-    if sx1 > sx0 and sy1 > sy0:
-        part[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    part = cut_square(image, x0, y0, side)
     new = max(1, round(side * size / roi.side))
     small = cv2.resize(part, (new, new), interpolation=cv2.INTER_AREA)
     g = new / side

@@ -12,13 +12,12 @@ from __future__ import annotations
 import zipfile
 
 import cv2
-import matplotlib.cbook
 import numpy as np
 import pytest
 import skimage.data
 
 from avatar.errors import FaceNotFoundError, ModelNotFoundError
-from avatar.face import FaceAnalyzer, FaceOptions, LandmarkBackend, load_backend, read_image
+from avatar.face import FaceAnalyzer, FaceOptions, LandmarkBackend, load_backend
 from avatar.face import mediapipe_models as mm
 from avatar.face.blazeface import anchors, decode, suppress
 from avatar.face.dlib_backend import DlibBackend
@@ -48,21 +47,6 @@ def analyzer(backend) -> FaceAnalyzer:
 @pytest.fixture(scope="module")
 def dlib_analyzer() -> FaceAnalyzer:
     return FaceAnalyzer(DlibBackend.load(), None, FaceOptions())
-
-
-@pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    return skimage.data.astronaut()
-
-
-@pytest.fixture(scope="module")
-def hopper() -> np.ndarray:
-    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
-
-
-@pytest.fixture(scope="module")
-def astronaut2x(astronaut) -> np.ndarray:
-    return cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
 
 
 @pytest.fixture(params=["astronaut", "hopper", "astronaut2x"])

@@ -1,0 +1,27 @@
+"""Photos the face tests share (public-domain images that registry packages ship)."""
+
+from __future__ import annotations
+
+import cv2
+import matplotlib.cbook
+import numpy as np
+import pytest
+import skimage.data
+
+from avatar.face.images import read_image
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    return skimage.data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def hopper() -> np.ndarray:
+    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+@pytest.fixture(scope="module")
+def astronaut2x(astronaut) -> np.ndarray:
+    """The astronaut at 1024x1024 (face about 187 px), room for turned copies."""
+    return cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
