@@ -55,6 +55,7 @@ from runtime.soak_metrics import (
     table_cells,
     verdict,
 )
+from runtime.stall_watch import StallWatch
 
 SAMPLE_S = 5.0  # server RSS and tasks are read this often
 FIRST_QUESTION_S = 5.0  # after the first video frame
@@ -190,7 +191,7 @@ async def _session(
     questions: list[Question],
     rec: Received,
     on_minute: MinuteHook,
-) -> _Script:
+) -> tuple[_Script, dict[str, Any]]:
     probe = MouthProbe()
 
     def on_video(t: float, frame: Any) -> None:
@@ -215,33 +216,36 @@ async def _session(
         freeze_heap()  # the client's loop is the "person's device": no 110 ms GC walks
         script = _Script(client, rec)
         sampler = asyncio.create_task(_sample(url, pid, rec))
-        try:
-            next_at, minute, waiting = rec.start + FIRST_QUESTION_S, 0, False
-            while (now := time.monotonic()) < end and not rec.ended:
-                if now >= rec.start + 60 * (minute + 1):
-                    minute += 1
-                    script.update()
-                    on_minute(last_minute_row(rec, minute, SETTLE_S))
-                    freeze_heap()  # the minute's records stay to the end: out of GC's walk
-                if next_at <= now < end - QUIET_END_S:
-                    if script.listening_for() >= 1.0:
-                        script.ask(questions[len(script.asked) % len(questions)])
-                        next_at, waiting = now + rng.uniform(*opts.interval_s), False
-                    elif not waiting:
-                        script.delayed, waiting = script.delayed + 1, True
-                rec.ended = script.ended()
-                await asyncio.sleep(0.05)
-                if (late := time.monotonic() - now - 0.05) > 0.1:
-                    rec.stalls.append((now, late))
-        finally:
-            rec.end = end
-            sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
+        # a beat 150 ms old: the 50 ms sleep overslept by 100 ms, as rec.stalls counts
+        with StallWatch(after_s=0.15, full_gc=rec.full_gc) as watch:
+            try:
+                next_at, minute, waiting = rec.start + FIRST_QUESTION_S, 0, False
+                while (now := time.monotonic()) < end and not rec.ended:
+                    watch.beat()
+                    if now >= rec.start + 60 * (minute + 1):
+                        minute += 1
+                        script.update()
+                        on_minute(last_minute_row(rec, minute, SETTLE_S))
+                        freeze_heap()  # the minute's records stay to the end: out of GC's walk
+                    if next_at <= now < end - QUIET_END_S:
+                        if script.listening_for() >= 1.0:
+                            script.ask(questions[len(script.asked) % len(questions)])
+                            next_at, waiting = now + rng.uniform(*opts.interval_s), False
+                        elif not waiting:
+                            script.delayed, waiting = script.delayed + 1, True
+                    rec.ended = script.ended()
+                    await asyncio.sleep(0.05)
+                    if (late := time.monotonic() - now - 0.05) > 0.1:
+                        rec.stalls.append((now, late))
+            finally:
+                rec.end = end
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
         script.update()
         rows = minute_rows(rec, opts.minutes, SETTLE_S)
         for row in rows[minute:]:
             on_minute(row)
-    return script
+    return script, watch.report(rec.start)
 
 
 def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[str, Any]:
@@ -268,7 +272,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         )
         with server as (url, pid):
             hook = on_minute or (lambda _row: None)
-            script = asyncio.run(_session(opts, url, pid, questions, rec, hook))
+            script, stalls = asyncio.run(_session(opts, url, pid, questions, rec, hook))
         log = Path(tmp) / "server.log"
         server_log = log.read_text().splitlines()[-20:] if rec.ended and log.is_file() else []
     rows = minute_rows(rec, opts.minutes, SETTLE_S)
@@ -296,6 +300,7 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         "metrics": metrics,
         "runs": {
             "server_log_tail": server_log,
+            "client_stalls": stalls,
             "minutes": rows,
             "turns": [
                 _turn_json(t, rec, q) for t, (_, q) in zip(rec.turns, script.asked, strict=True)
@@ -334,6 +339,7 @@ MINUTE_COLUMNS = [
     "max gap ms",
     "audio gaps",
     "client stall ms",
+    "client GC ms",
     "A/V ms",
     "turns",
     "turn p50 ms",
@@ -354,6 +360,7 @@ def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
         ("max_gap_ms", 0),
         ("audio_gaps", 0),
         ("client_stall_ms", 0),
+        ("client_gc_ms", 0),
         ("av_offset_ms", 0),
         ("turns", 0),
         ("turn_p50_ms", 0),

@@ -205,6 +205,8 @@ class Received:
         stalls: ``(time, seconds)`` the client's own event loop overslept a 50 ms
             sleep by more than 100 ms (a starved client: its arrival gaps, and
             the silence the server may take for a vanished client, are its own).
+        full_gc: ``(time, seconds)`` of each of the client's full collections
+            (:class:`runtime.stall_watch.StallWatch`): a cause of stalls.
         av_bias_s: the generator's own mouth-before-sound lead, measured offline on
             exactly timed frames; subtracted from every live lag.
     """
@@ -222,6 +224,7 @@ class Received:
     turns: list[TurnRecord] = field(default_factory=list)
     samples: list[tuple[float, float, int]] = field(default_factory=list)
     stalls: list[tuple[float, float]] = field(default_factory=list)
+    full_gc: list[tuple[float, float]] = field(default_factory=list)
     av_bias_s: float = 0.0
 
 
@@ -277,6 +280,7 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
         offsets = [o for t in turns if (o := av_offset_ms(t, rec.av_bias_s)) is not None]
         samples = [s for s in rec.samples if a <= s[0] < b]
         stalled = [x for t, x in rec.stalls if a <= t < b]
+        collected = [x for t, x in rec.full_gc if a <= t < b]
         rows.append(
             {
                 "minute": m + 1,
@@ -286,6 +290,7 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
                 "max_gap_ms": 1000 * float(in_minute.max()) if len(in_minute) else math.nan,
                 "audio_gaps": sum(1 for g in audio_gaps if a <= g.start < b),
                 "client_stall_ms": 1000 * max(stalled, default=0.0),
+                "client_gc_ms": 1000 * max(collected, default=0.0),
                 "av_offset_ms": _median(offsets),
                 "turns": len(turns),
                 "turn_p50_ms": _pct(latencies, 50),
@@ -372,6 +377,7 @@ def verdict(rec: Received, rows: Sequence[dict[str, float]], settle_s: float = 2
         "max_gap_ms": max((r["max_gap_ms"] for r in rows), default=math.nan),
         "audio_gaps": sum(int(r["audio_gaps"]) for r in rows),
         "client_stall_max_ms": max((r["client_stall_ms"] for r in rows), default=0.0),
+        "client_gc_max_ms": max((r["client_gc_ms"] for r in rows), default=0.0),
         "av_bias_ms": 1000.0 * rec.av_bias_s,
         "av_offset_start_ms": av_start,
         "av_offset_end_ms": av_end,
