@@ -14,8 +14,8 @@ thread from async code.
 """
 
 from avatar.face.align import AlignedFace, align_face, paste_back
-from avatar.face.analyzer import FaceAnalysis, FaceAnalyzer
-from avatar.face.base import Detection, LandmarkBackend
+from avatar.face.analyzer import FaceAnalysis, FaceAnalyzer, Located
+from avatar.face.base import Detection, LandmarkBackend, MeshBackend
 from avatar.face.embedding import (
     SAME_PERSON_THRESHOLD,
     FaceEmbedder,
@@ -24,6 +24,7 @@ from avatar.face.embedding import (
 )
 from avatar.face.images import as_rgb, read_image
 from avatar.face.licences import LICENCES
+from avatar.face.mesh_pose import mesh_pose
 from avatar.face.options import FaceOptions
 from avatar.face.pose import head_pose
 from avatar.face.prepare import prepare_photo
@@ -40,6 +41,8 @@ __all__ = [
     "FaceEmbedder",
     "FaceOptions",
     "LandmarkBackend",
+    "Located",
+    "MeshBackend",
     "UnknownBackendError",
     "align_face",
     "as_rgb",
@@ -48,6 +51,7 @@ __all__ = [
     "embedding_distance",
     "head_pose",
     "load_backend",
+    "mesh_pose",
     "paste_back",
     "prepare_photo",
     "read_image",

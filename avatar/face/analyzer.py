@@ -15,6 +15,11 @@ thread in async code.
 A photo larger than ``FaceOptions.max_side`` is searched at reduced size; the face's box
 is then scaled back and the landmarks are placed on the full-resolution photo, so they
 are as precise as the photo allows.
+
+Head pose: from the 3-D mesh when the backend gives one (:class:`MeshBackend`, the
+"mediapipe" backend: :func:`avatar.face.mesh_pose.mesh_pose`), else from the 68 points
+(:func:`avatar.face.pose.head_pose`). :meth:`FaceAnalyzer.locate` is that step alone,
+for video frames whose face box is already known.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avatar.errors import FaceNotFoundError
-from avatar.face.base import Detection, LandmarkBackend
+from avatar.face.base import Detection, LandmarkBackend, MeshBackend
 from avatar.face.embedding import FaceEmbedder
 from avatar.face.images import as_rgb, downscale
+from avatar.face.mesh import FaceMesh
+from avatar.face.mesh_pose import mesh_pose
 from avatar.face.options import FaceOptions
 from avatar.face.pose import head_pose
 from avatar.face.registry import load_backend
@@ -49,6 +56,8 @@ class FaceAnalysis:
         scale: detection ran on the photo resized by this factor (1.0: full size).
         faces_found: how many faces the detector found (1 unless a warning says more).
         timings: seconds spent per step ("detect", "landmarks", "pose"), for metrics.
+        mesh: the 468-point mesh the landmarks and pose came from, or None when the
+            backend gives no mesh (dlib).
     """
 
     box: Box
@@ -58,6 +67,24 @@ class FaceAnalysis:
     scale: float = 1.0
     faces_found: int = 1
     timings: dict[str, float] = field(default_factory=dict)
+    mesh: FaceMesh | None = None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Located:
+    """A face's landmarks and head pose in one image (see :meth:`FaceAnalyzer.locate`).
+
+    Attributes:
+        landmarks: float32 (68, 2) in the image's pixels.
+        pose: head pose (see :class:`avatar.types.HeadPose`).
+        mesh: the 468-point mesh they came from, or None (a backend without a mesh).
+        seconds: time spent placing the landmarks (the mesh) and fitting the pose.
+    """
+
+    landmarks: np.ndarray
+    pose: HeadPose
+    mesh: FaceMesh | None = None
+    seconds: tuple[float, float] = (0.0, 0.0)
 
 
 class FaceAnalyzer:
@@ -153,12 +180,9 @@ class FaceAnalyzer:
                 f"face too small: {box.width:.0f} px wide, at least {opts.min_face_px} px "
                 "needed; use a closer or larger photo"
             )
-        start = time.perf_counter()
-        landmarks = self.backend.landmarks(rgb, box)
-        timings["landmarks"] = time.perf_counter() - start
-        start = time.perf_counter()
-        pose = head_pose(landmarks, rgb.shape)
-        timings["pose"] = time.perf_counter() - start
+        located = self.locate(rgb, box)
+        timings["landmarks"], timings["pose"] = located.seconds
+        pose = located.pose
         if abs(pose.yaw) > opts.max_abs_yaw_deg:
             raise FaceNotFoundError(
                 f"profile view (head turned {abs(pose.yaw):.0f} degrees, at most "
@@ -168,13 +192,40 @@ class FaceAnalyzer:
             _LOGGER.info("%s", line)
         return FaceAnalysis(
             box=box,
-            landmarks=landmarks,
+            landmarks=located.landmarks,
             pose=pose,
             warnings=tuple(warnings),
             scale=scale,
             faces_found=len(found),
             timings=timings,
+            mesh=located.mesh,
         )
+
+    def locate(self, image: np.ndarray, box: Box) -> Located:
+        """The landmarks and head pose of the face in ``box``, without detection.
+
+        The pose comes from the 3-D mesh when the backend gives one, else from the 68
+        landmarks (see the module doc).
+
+        Args:
+            image: uint8 RGB (H, W, 3).
+            box: the face's box in ``image``'s pixels (a detector's, or one that follows
+                the face from frame to frame).
+
+        Returns:
+            The landmarks, the pose and, from a mesh backend, the mesh.
+
+        Raises:
+            ValueError: the pose fit failed on degenerate landmarks; the caller decides
+                whether the frame is skipped.
+        """
+        start = time.perf_counter()
+        mesh = self.backend.mesh(image, box) if isinstance(self.backend, MeshBackend) else None
+        landmarks = self.backend.landmarks(image, box) if mesh is None else mesh.landmarks68()
+        placed = time.perf_counter()
+        pose = head_pose(landmarks, image.shape) if mesh is None else mesh_pose(mesh.points)
+        seconds = (placed - start, time.perf_counter() - placed)
+        return Located(landmarks, pose, mesh, seconds)
 
     def embed(self, image: np.ndarray, landmarks: np.ndarray | FaceAnalysis) -> np.ndarray:
         """The 128-d identity embedding of a face found by :meth:`analyze`.

@@ -5,6 +5,10 @@ uint8 RGB image: where are the faces (:meth:`LandmarkBackend.detect`), and where
 68 landmarks of the face in a given box (:meth:`LandmarkBackend.landmarks`). Policies —
 which face to take, how small is too small, downscaling huge photos — live in
 :class:`~avatar.face.analyzer.FaceAnalyzer`, not in backends.
+
+A backend that also gives a dense 3-D mesh (:class:`MeshBackend`, the "mediapipe" one)
+gets its head pose from the mesh (:func:`avatar.face.mesh_pose.mesh_pose`) instead of
+the 68 points; :meth:`~avatar.face.analyzer.FaceAnalyzer.locate` makes that choice.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from avatar.face.mesh import FaceMesh
 from avatar.types import Box
 
 
@@ -63,5 +68,18 @@ class LandmarkBackend(Protocol):
 
         Returns:
             float32 (68, 2) of (x, y) pixels in ``image``.
+        """
+        ...
+
+
+@runtime_checkable
+class MeshBackend(LandmarkBackend, Protocol):
+    """A :class:`LandmarkBackend` that also places the 468-point 3-D face mesh."""
+
+    def mesh(self, image: np.ndarray, box: Box) -> FaceMesh:
+        """The mesh of the face in ``box`` (``image`` and ``box`` as for ``landmarks``).
+
+        Returns:
+            The mesh; its ``presence`` below 0.5 means the box held no face.
         """
         ...

@@ -32,7 +32,7 @@ import numpy as np
 from avatar.types import HeadPose
 
 # landmark index -> (x, y, z) in mm; origin between the outer eye corners.
-_TEMPLATE: dict[int, tuple[float, float, float]] = {
+TEMPLATE_68: dict[int, tuple[float, float, float]] = {
     8: (0.0, 114.0, -12.0),  # chin (menton)
     27: (0.0, -4.0, -18.0),  # top of the nose bridge, between the eyes
     30: (0.0, 37.0, -36.0),  # nose tip
@@ -44,8 +44,8 @@ _TEMPLATE: dict[int, tuple[float, float, float]] = {
     42: (16.0, 1.0, -7.0),  # inner corner of the image-right eye
     45: (45.0, 0.0, 0.0),  # outer corner of the image-right eye
 }
-_INDICES = np.array(list(_TEMPLATE), dtype=np.intp)
-_MODEL = np.array(list(_TEMPLATE.values()), dtype=np.float64)
+_INDICES = np.array(list(TEMPLATE_68), dtype=np.intp)
+_MODEL = np.array(list(TEMPLATE_68.values()), dtype=np.float64)
 
 
 def head_pose(landmarks: np.ndarray, image_shape: tuple[int, ...]) -> HeadPose:

@@ -39,6 +39,7 @@ from avatar.face import (
 from avatar.face.align import invert_affine, map_points
 from avatar.face.models import model_path
 from avatar.types import Box, PreparedAvatar
+from tests.avatar.renders import jpeg, mirror, rotate_about, turn_head
 
 # ---------------------------------------------------------------- photos and helpers
 
@@ -51,55 +52,6 @@ def analyzer() -> FaceAnalyzer:
 @pytest.fixture(params=["astronaut", "hopper"])
 def photo(request) -> np.ndarray:
     return request.getfixturevalue(request.param)
-
-
-def jpeg(image: np.ndarray, quality: int = 90) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=quality)
-    return np.asarray(Image.open(buf).convert("RGB"))
-
-
-def mirror(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(image[:, ::-1])
-
-
-def turn_head(image: np.ndarray, landmarks: np.ndarray, degrees: float) -> np.ndarray:
-    """Render the head turned about the vertical axis; positive: to the image's left.
-
-    The head is a 2.5-D surface (a paraboloid over the face plus a bump for the nose);
-    each point moves sideways by depth x sin(angle), as in an orthographic render of a
-    turned head: the side it turns towards is compressed and the nose moves furthest.
-    """
-    height, width = image.shape[:2]
-    lm = landmarks.astype(np.float64)
-    eyes = float(np.linalg.norm(lm[45] - lm[36]))
-    cx, cy = (lm[0, 0] + lm[16, 0]) / 2, (lm[19, 1] + lm[8, 1]) / 2
-    half_w, half_h = (lm[16, 0] - lm[0, 0]) * 0.6, (lm[8, 1] - lm[19, 1]) * 0.75
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
-
-    def depth(x: np.ndarray) -> np.ndarray:
-        rho2 = ((x - cx) / half_w) ** 2 + ((ys - cy) / half_h) ** 2
-        nose = np.exp(-((x - lm[30, 0]) ** 2 + (ys - lm[30, 1]) ** 2) / (2 * (0.3 * eyes) ** 2))
-        return 0.6 * half_w * np.clip(1 - rho2, 0, None) + 0.4 * eyes * nose
-
-    shift = -np.sin(np.radians(degrees))
-    src = xs.copy()
-    for _ in range(8):  # invert x' = x + shift * depth(x) by fixed-point iteration
-        src = xs - shift * depth(src)
-    return cv2.remap(
-        image,
-        src.astype(np.float32),
-        ys.astype(np.float32),
-        cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_REFLECT,
-    )
-
-
-def rotate_about(image: np.ndarray, centre: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotate the image in its plane by ``degrees`` clockwise about ``centre``."""
-    matrix = cv2.getRotationMatrix2D((float(centre[0]), float(centre[1])), -degrees, 1.0)
-    size = (image.shape[1], image.shape[0])
-    return cv2.warpAffine(image, matrix, size, borderMode=cv2.BORDER_REFLECT)
 
 
 def errors_px(found: np.ndarray, expected: np.ndarray) -> np.ndarray:
