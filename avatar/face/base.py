@@ -2,7 +2,8 @@
 
 A backend is loaded once (``load()`` does the I/O) and then answers two questions on a
 uint8 RGB image: where are the faces (:meth:`LandmarkBackend.detect`), and where are the
-68 landmarks of the face in a given box (:meth:`LandmarkBackend.landmarks`). Policies —
+68 landmarks of the face in a given box (:meth:`LandmarkBackend.landmarks`; dlib's five
+points for alignment and embeddings, :meth:`LandmarkBackend.landmarks5`). Policies —
 which face to take, how small is too small, downscaling huge photos — live in
 :class:`~avatar.face.analyzer.FaceAnalyzer`, not in backends.
 
@@ -68,6 +69,21 @@ class LandmarkBackend(Protocol):
 
         Returns:
             float32 (68, 2) of (x, y) pixels in ``image``.
+        """
+        ...
+
+    def landmarks5(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """Place dlib's five points of the face inside ``box``, for alignment and the
+        identity embedding (:class:`~avatar.face.embedding.FaceEmbedder`).
+
+        Args:
+            image: as for :meth:`landmarks`.
+            box: as for :meth:`landmarks`.
+
+        Returns:
+            float32 (5, 2) of (x, y) pixels in ``image``, in dlib's order: the
+            image-right eye's outer and inner corner, the image-left eye's outer and
+            inner corner, the base of the nose.
         """
         ...
 

@@ -14,7 +14,8 @@ What it does, following MediaPipe's face mesh graph:
   probability is 1.0 up to twice that crop's side, 0.004 at three times), then once more
   on the crop the first mesh gives;
 * :meth:`MediaPipeBackend.landmarks`: that mesh mapped to the 68-point layout
-  (:data:`avatar.face.mesh.MESH_TO_68`), for the rest of the code;
+  (:data:`avatar.face.mesh.MESH_TO_68`), for the rest of the code, and
+  :meth:`~MediaPipeBackend.landmarks5` to dlib's five points (alignment, embeddings);
 * :class:`MeshTracker`: video, one face; each frame's crop comes from the previous
   frame's mesh, and the detector runs only when the face is lost.
 
@@ -125,6 +126,12 @@ class MediaPipeBackend:
         """The 68 landmarks of the face in ``box``
         (see :meth:`avatar.face.base.LandmarkBackend.landmarks`)."""
         return self.mesh(image, box).landmarks68()
+
+    def landmarks5(self, image: np.ndarray, box: Box) -> np.ndarray:
+        """dlib's five points of the face in ``box``, from the mesh (the eye corners and
+        the base of the nose, :data:`avatar.face.mesh.MESH_TO_5`; see
+        :meth:`avatar.face.base.LandmarkBackend.landmarks5`)."""
+        return self.mesh(image, box).landmarks5()
 
     # ------------------------------------------------------------ the mesh
 

@@ -146,6 +146,11 @@ def test_backend_contract(name, hopper):
     # Eyes above the nose tip, nose above the mouth, the subject's right eye on the left.
     assert points[36:42, 0].mean() < points[42:48, 0].mean()
     assert points[36:48, 1].mean() < points[30, 1] < points[48:68, 1].mean()
+    five = backend.landmarks5(hopper, best.box)
+    assert five.shape == (5, 2) and five.dtype == np.float32
+    # dlib's order: image-right eye outer, inner; image-left eye outer, inner; nose base.
+    assert five[0, 0] > five[1, 0] > five[3, 0] > five[2, 0]
+    assert five[4, 1] > five[:4, 1].max()
     assert backend.detect(np.full((200, 200, 3), 90, np.uint8), 1) == []
 
 
