@@ -26,10 +26,11 @@ and ``tests/avatar/test_face_mediapipe.py`` check the bounds):
 
 - the synthetic 3-D head of :mod:`consent.ceremony.sim.head` (5 persons, 512 px; turned
   with its hair, ears and occlusion): yaw 15 / 30 / 45 degrees read 11.3 +- 1.5 /
-  28.0 +- 1.6 / 41.6 +- 1.5. The same meshes read 7.4 / 18.0 / 30.1 by the 3-D Kabsch
-  fit alone and 9.1 / 24.0 / 37.9 through their 68 points and
-  :func:`~avatar.face.pose.head_pose`; dlib read 10.3 +- 3.9 / 19.7 +- 7.9 and lost 7
-  of the 10 faces at 45. Frontal faces read yaw 0.3 to 3.2;
+  28.0 +- 1.6 / 41.6 +- 1.5 (at 320 px: 11.6 / 28.2 / 41.9; 55 reads 49.5-52.2). The
+  same meshes read 7.4 / 18.0 / 30.1 by the 3-D Kabsch fit alone and 9.1 / 24.0 / 37.9
+  through their 68 points and :func:`~avatar.face.pose.head_pose`; dlib read
+  10.3 +- 3.9 / 19.7 +- 7.9 and lost 7 of the 10 faces at 45. Frontal faces read yaw
+  -0.1 to 3.7;
 - the three test photos' (astronaut at 1x and 2x, Grace Hopper) own meshes turned in
   3-D and re-rendered: 14.1 +- 1.1 / 26.8 +- 1.8 / 37.5 +- 3.0;
 - the 2.5-D warp of ``tests/avatar/test_face.py`` (no foreshortening, so not a true

@@ -169,9 +169,9 @@ def test_canonical_face_is_made_from_the_test_photos(backend, astronaut, hopper)
 def test_mesh_pose_reads_a_turning_3d_head(backend):
     """The synthetic 3-D head (seed 0, 512 px; hair, ears and the far cheek turn and hide
     as on a person). Measured, frontal subtracted: -45 / -30 / -15 / 15 / 30 / 45 read
-    -41.9 / -29.0 / -10.0 / 9.6 / 25.3 / 39.0 (five persons: at most 6.1 off beyond 15
-    degrees, 5.6 at 15; the 68 points through the template read 45 as 35-42, dlib loses
-    it)."""
+    -41.9 / -29.0 / -10.0 / 9.6 / 25.3 / 39.0; five persons: 38.9-43.8 at 45, 25.1-30.0
+    at 30, 9.4-13.8 at 15 (the 68 points through the template read 45 as 35-42, dlib
+    loses it). The same head as in ``test_face.py``'s profile test: painted once."""
     head = Head(FaceStyle.from_seed(0), Scene(size=512, noise=0.0))
     frontal = mesh_pose(
         backend.mesh(head.render(0.0), backend.faces(head.render(0.0), 0)[0]).points
