@@ -76,13 +76,14 @@ class Located:
 
     Attributes:
         landmarks: float32 (68, 2) in the image's pixels.
-        pose: head pose (see :class:`avatar.types.HeadPose`).
+        pose: head pose (see :class:`avatar.types.HeadPose`), or None when the fit
+            failed on degenerate landmarks (a frame to skip).
         mesh: the 468-point mesh they came from, or None (a backend without a mesh).
         seconds: time spent placing the landmarks (the mesh) and fitting the pose.
     """
 
     landmarks: np.ndarray
-    pose: HeadPose
+    pose: HeadPose | None
     mesh: FaceMesh | None = None
     seconds: tuple[float, float] = (0.0, 0.0)
 
@@ -148,6 +149,7 @@ class FaceAnalyzer:
             FaceNotFoundError: no face, several faces under ``multiple="refuse"``, face
                 smaller than ``min_face_px``, or turned beyond ``max_abs_yaw_deg``. The
                 message says what to change in the photo.
+            ValueError: the head pose fit failed on degenerate landmarks.
         """
         opts = self.options
         rgb = as_rgb(image)
@@ -183,6 +185,8 @@ class FaceAnalyzer:
         located = self.locate(rgb, box)
         timings["landmarks"], timings["pose"] = located.seconds
         pose = located.pose
+        if pose is None:
+            raise ValueError("head pose: the fit failed on degenerate landmarks")
         if abs(pose.yaw) > opts.max_abs_yaw_deg:
             raise FaceNotFoundError(
                 f"profile view (head turned {abs(pose.yaw):.0f} degrees, at most "
@@ -213,17 +217,17 @@ class FaceAnalyzer:
                 the face from frame to frame).
 
         Returns:
-            The landmarks, the pose and, from a mesh backend, the mesh.
-
-        Raises:
-            ValueError: the pose fit failed on degenerate landmarks; the caller decides
-                whether the frame is skipped.
+            The landmarks, the pose (None when its fit failed on degenerate landmarks:
+            skip the frame's pose) and, from a mesh backend, the mesh.
         """
         start = time.perf_counter()
         mesh = self.backend.mesh(image, box) if isinstance(self.backend, MeshBackend) else None
         landmarks = self.backend.landmarks(image, box) if mesh is None else mesh.landmarks68()
         placed = time.perf_counter()
-        pose = head_pose(landmarks, image.shape) if mesh is None else mesh_pose(mesh.points)
+        try:
+            pose = head_pose(landmarks, image.shape) if mesh is None else mesh_pose(mesh.points)
+        except ValueError:
+            pose = None
         seconds = (placed - start, time.perf_counter() - placed)
         return Located(landmarks, pose, mesh, seconds)
 

@@ -20,14 +20,21 @@ recording (what ``MediaRecorder`` uploads, even when the page shows a mirrored
 preview). "left" in a challenge is the person's own left, so it is *negative* yaw;
 set ``LivenessOptions.mirrored`` for clips recorded from a mirrored canvas.
 
-Thresholds (defaults; measured on the synthetic clips of
-:mod:`consent.liveness.testclips`, see ``tests/consent/test_liveness.py``):
+Yaw per frame comes from :meth:`avatar.face.FaceAnalyzer.locate`: the 3-D mesh's pose
+on the "mediapipe" backend, the 68 points' on "dlib".
 
-- ``turn_deg`` 25: a drawn 38 degree turn reads 28-38 degrees, a frontal face 0-4.
+Thresholds (defaults; measured on the synthetic clips of
+:mod:`consent.liveness.testclips`, see ``tests/consent/test_liveness.py``, which runs
+the face points on both backends):
+
+- ``turn_deg`` 25: a drawn 38 degree turn reads 28-35 degrees from rest with dlib,
+  28-31 on the mesh (the drawn face's depth is a generic template; the mesh reads a
+  true 30 degree turn of a 3-D head as 25-30), a frontal face 0-4 (mesh: 2-3).
 - ``identity_threshold`` 0.5: stricter than dlib's 0.6 "same person", as
   ``avatar.face.embedding`` advises for consent; the same synthetic face scores
-  0.06-0.16 against its still, the impostor face 0.59-0.62. Synthetic faces sit close
-  together (most seeds are 0.2-0.47 from seed 0), so this separates only seed 3.
+  0.06-0.16 against its still, the impostor face 0.59-0.63 (both backends). Synthetic
+  faces sit close together (most seeds are 0.2-0.47 from seed 0), so this separates
+  only seed 3.
 - ``stability_threshold`` 0.45: the largest distance between two sampled frames of the
   clip; a cut to the impostor scores 0.61-0.64.
 - ``lip_sync_threshold`` 0.3 (Pearson correlation, best lag within +-0.2 s) and
@@ -41,7 +48,6 @@ Raw frames live only inside the call; the result keeps numbers and words.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -49,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.face import FaceAnalyzer, embedding_distance, head_pose
+from avatar.face import FaceAnalyzer, embedding_distance
 from consent.ceremony.observe import box_of, closest, mouth_opening, scale_box, shrink
 from consent.liveness.challenge import Challenge, NonceBook
 from consent.liveness.clip import ASR_RATE, Clip, ClipError, ClipOptions, read_clip
@@ -308,12 +314,13 @@ def _track_faces(clip: Clip, analyzer: FaceAnalyzer, opts: LivenessOptions) -> _
             box = last_box  # the detector lost a turned head: follow it by its landmarks
         if box is None:
             continue
-        lm = backend.landmarks(frame, box)
+        located = analyzer.locate(frame, box)  # the mesh's pose on a mesh backend
+        lm = located.landmarks
         present[i] = True
         marks[i] = lm
         last_box = box_of(lm) if not detected[i] else box
-        with contextlib.suppress(ValueError):  # degenerate landmarks: no yaw this frame
-            yaw[i] = head_pose(lm, frame.shape).yaw
+        if located.pose is not None:  # None: degenerate landmarks, no yaw this frame
+            yaw[i] = located.pose.yaw
         mouth[i] = mouth_opening(lm)
     return _Track(present, detected, yaw, mouth, extra, marks)
 
