@@ -125,6 +125,36 @@ def _bench_attacks(
         err_console.print(f"wrote {json_path}", markup=False, highlight=False)
 
 
+@bench_app.command("face")
+@handle_errors
+def bench_face(
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    frames: Annotated[int, typer.Option(min=10, max=5000, help="video frames per backend")] = 300,
+    backend: Annotated[
+        str, typer.Option(help="face backends, comma-separated: dlib, mediapipe")
+    ] = "dlib,mediapipe",
+) -> None:
+    """Face tracking, ONE core: landmarks + head pose per frame of a moving 512 px face."""
+    from avatar.face.bench import BENCH_BACKENDS, bench_face_tracking
+    from runtime.animation import pin_to_one_core
+    from runtime.bench import machine_info
+
+    names = tuple(b.strip().lower() for b in backend.split(",") if b.strip())
+    unknown = [b for b in names if b not in BENCH_BACKENDS]
+    if unknown or not names:
+        raise InputError(f"unknown face backends {unknown}; known: {', '.join(BENCH_BACKENDS)}")
+    state.load()
+    core = pin_to_one_core()
+    result = bench_face_tracking(names, frames)
+    body = {
+        "bench": "face",
+        "machine": {**machine_info(), "pinned_core": core},
+        "config": {"backends": list(names), "frames": frames, "size": 512, "threads": 1},
+        **result,
+    }
+    write_bench("face", body, json_path)
+
+
 @bench_app.command("session")
 @handle_errors
 def bench_session(

@@ -24,7 +24,7 @@ from avatar.face.embedding import (
 )
 from avatar.face.images import as_rgb, read_image
 from avatar.face.licences import LICENCES
-from avatar.face.mesh_pose import mesh_pose
+from avatar.face.mesh_pose import mesh_head_pose
 from avatar.face.options import FaceOptions
 from avatar.face.pose import head_pose
 from avatar.face.prepare import prepare_photo
@@ -51,7 +51,7 @@ __all__ = [
     "embedding_distance",
     "head_pose",
     "load_backend",
-    "mesh_pose",
+    "mesh_head_pose",
     "paste_back",
     "prepare_photo",
     "read_image",

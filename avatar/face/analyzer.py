@@ -17,8 +17,8 @@ is then scaled back and the landmarks are placed on the full-resolution photo, s
 are as precise as the photo allows.
 
 Head pose: from the 3-D mesh when the backend gives one (:class:`MeshBackend`, the
-"mediapipe" backend: :func:`avatar.face.mesh_pose.mesh_pose`), else from the 68 points
-(:func:`avatar.face.pose.head_pose`). :meth:`FaceAnalyzer.locate` is that step alone,
+"mediapipe" backend: :func:`avatar.face.mesh_pose.mesh_head_pose`), else from the 68
+points (:func:`avatar.face.pose.head_pose`). :meth:`FaceAnalyzer.locate` is that step alone,
 for video frames whose face box is already known.
 """
 
@@ -35,7 +35,7 @@ from avatar.face.base import Detection, LandmarkBackend, MeshBackend
 from avatar.face.embedding import FaceEmbedder
 from avatar.face.images import as_rgb, downscale
 from avatar.face.mesh import FaceMesh
-from avatar.face.mesh_pose import mesh_pose
+from avatar.face.mesh_pose import mesh_head_pose
 from avatar.face.options import FaceOptions
 from avatar.face.pose import head_pose
 from avatar.face.registry import load_backend
@@ -225,7 +225,10 @@ class FaceAnalyzer:
         landmarks = self.backend.landmarks(image, box) if mesh is None else mesh.landmarks68()
         placed = time.perf_counter()
         try:
-            pose = head_pose(landmarks, image.shape) if mesh is None else mesh_pose(mesh.points)
+            if mesh is None:
+                pose: HeadPose | None = head_pose(landmarks, image.shape)
+            else:
+                pose = mesh_head_pose(mesh.points)
         except ValueError:
             pose = None
         seconds = (placed - start, time.perf_counter() - placed)

@@ -8,8 +8,8 @@ which face to take, how small is too small, downscaling huge photos — live in
 :class:`~avatar.face.analyzer.FaceAnalyzer`, not in backends.
 
 A backend that also gives a dense 3-D mesh (:class:`MeshBackend`, the "mediapipe" one)
-gets its head pose from the mesh (:func:`avatar.face.mesh_pose.mesh_pose`) instead of
-the 68 points; :meth:`~avatar.face.analyzer.FaceAnalyzer.locate` makes that choice.
+gets its head pose from the mesh (:func:`avatar.face.mesh_pose.mesh_head_pose`) instead
+of the 68 points; :meth:`~avatar.face.analyzer.FaceAnalyzer.locate` makes that choice.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from avatar.face.blazeface import anchors, decode, suppress
 from avatar.face.dlib_backend import DlibBackend
 from avatar.face.mediapipe_backend import MediaPipeBackend
 from avatar.face.mesh import MESH_TO_68, roi_from_box
-from avatar.face.mesh_pose import CANONICAL, canonical_from, mesh_pose
+from avatar.face.mesh_pose import CANONICAL, canonical_from, mesh_head_pose
 from avatar.synthetic import FaceStyle
 from consent.ceremony.sim.head import Head, Scene
 from tests.avatar.renders import turn_mesh
@@ -162,40 +162,40 @@ def test_canonical_face_is_made_from_the_test_photos(backend, astronaut, hopper)
     ]
     np.testing.assert_allclose(canonical_from(meshes), CANONICAL, atol=0.2)  # table: 0.1 mm
     for mesh in meshes:
-        pose = mesh_pose(mesh)
+        pose = mesh_head_pose(mesh)
         assert abs(pose.yaw) < 3 and abs(pose.roll) < 5 and 3 < pose.pitch < 10, pose
 
 
-def test_mesh_pose_reads_a_turning_3d_head(backend):
+def test_mesh_head_pose_reads_a_turning_3d_head(backend):
     """The synthetic 3-D head (seed 0, 512 px; hair, ears and the far cheek turn and hide
     as on a person). Measured, frontal subtracted: -45 / -30 / -15 / 15 / 30 / 45 read
     -41.9 / -29.0 / -10.0 / 9.6 / 25.3 / 39.0; five persons: 38.9-43.8 at 45, 25.1-30.0
     at 30, 9.4-13.8 at 15 (the 68 points through the template read 45 as 35-42, dlib
     loses it). The same head as in ``test_face.py``'s profile test: painted once."""
     head = Head(FaceStyle.from_seed(0), Scene(size=512, noise=0.0))
-    frontal = mesh_pose(
+    frontal = mesh_head_pose(
         backend.mesh(head.render(0.0), backend.faces(head.render(0.0), 0)[0]).points
     )
     assert abs(frontal.yaw) < 5
     for yaw in (-45, -30, -15, 15, 30, 45):
         frame = head.render(float(yaw))
         (face,) = backend.faces(frame, 0)
-        read = mesh_pose(backend.mesh(frame, face).points).yaw - frontal.yaw
+        read = mesh_head_pose(backend.mesh(frame, face).points).yaw - frontal.yaw
         print(f"drawn {yaw}: read {read:.1f}")
         assert abs(read - yaw) <= (7 if abs(yaw) > 15 else 8), (yaw, read)
 
 
-def test_mesh_pose_reads_the_photos_turned_in_3d(backend, photo):
+def test_mesh_head_pose_reads_the_photos_turned_in_3d(backend, photo):
     """Each photo's own mesh turned and re-rendered (:func:`tests.avatar.renders.turn_mesh`;
     its hair stays put). Measured, frontal subtracted, the three photos: 30 degrees read
     23.7-27.8, 45 read 33.9-41.2 (the model's depth alone, Kabsch: 30.5-33.5), a 15 degree
     nod 8.9-14.2 either way."""
     mesh = backend.mesh(photo, backend.faces(photo, 1)[0]).points
-    frontal = mesh_pose(mesh)
+    frontal = mesh_head_pose(mesh)
 
     def read(yaw: float = 0.0, pitch: float = 0.0):
         image = turn_mesh(photo, mesh, yaw, pitch)
-        return mesh_pose(backend.mesh(image, backend.faces(image, 1)[0]).points)
+        return mesh_head_pose(backend.mesh(image, backend.faces(image, 1)[0]).points)
 
     for yaw in (-45, -30, 30, 45):
         got = read(yaw=yaw).yaw - frontal.yaw
@@ -207,15 +207,15 @@ def test_mesh_pose_reads_the_photos_turned_in_3d(backend, photo):
         assert 7 <= got * np.sign(pitch) <= 20, (pitch, got)
 
 
-def test_mesh_pose_checks_its_input(backend, astronaut):
+def test_mesh_head_pose_checks_its_input(backend, astronaut):
     with pytest.raises(ValueError, match="468"):
-        mesh_pose(np.zeros((68, 2)))
+        mesh_head_pose(np.zeros((68, 2)))
     mesh = backend.mesh(astronaut, backend.faces(astronaut, 0)[0]).points.copy()
     mesh[4] = np.nan
     with pytest.raises(ValueError, match="finite"):
-        mesh_pose(mesh)
+        mesh_head_pose(mesh)
     with pytest.raises(ValueError, match="degenerate"):
-        mesh_pose(np.ones((468, 3)))
+        mesh_head_pose(np.ones((468, 3)))
 
 
 # ---------------------------------------------------------------- no face

@@ -1,4 +1,5 @@
-"""likeness avatar prepare / animate / avatar synth / bench avatar, as real processes."""
+"""likeness avatar prepare / animate / avatar synth / bench avatar / bench face, as real
+processes."""
 
 from __future__ import annotations
 
@@ -77,6 +78,23 @@ def test_animate_needs_exactly_one_speech_source(speech, tmp_path):
     assert result.returncode == 2 and "--say" in result.stderr
     result = run("animate", "nobody", str(speech), "-o", str(tmp_path / "x.mp4"))
     assert result.returncode == 2 and "synthetic" in result.stderr
+
+
+def test_bench_face_tracks_each_backend_on_one_core(tmp_path):
+    """The figures' shape only (no timing bound: they go to docs/benchmarks.md)."""
+    out = tmp_path / "face.json"
+    result = run("bench", "face", "--frames", "10", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["machine"]["pinned_core"] is not None and data["config"]["size"] == 512
+    for name in ("dlib", "mediapipe"):
+        figures = data["per_backend"][name]
+        assert figures["detections"] == 1 and figures["frames"] == 10, figures  # tracked
+        assert 0 < figures["pose_ms"] < figures["frame_ms_mean"] < figures["first_frame_ms"]
+        assert data["metrics"][f"{name}_frame_ms_p50"] == figures["frame_ms_p50"]
+    assert "mediapipe_frame_ms_p50" in result.stdout
+    bad = run("bench", "face", "--backend", "insightface")
+    assert bad.returncode == 2 and "insightface" in bad.stderr
 
 
 @pytest.mark.slow
