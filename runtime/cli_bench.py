@@ -50,13 +50,20 @@ def bench_consent(
     ] = None,
     jobs: Annotated[int, typer.Option(min=1, max=32, help="worker processes")] = 1,
     seed: Annotated[int, typer.Option(help="varies plans, timings and noise")] = 0,
+    face_backend: Annotated[
+        str, typer.Option(help="--attacks: the face backend that judges (dlib, mediapipe)")
+    ] = "dlib",
 ) -> None:
     """Time to verify one liveness clip; with --attacks, the live ceremony's attack suite."""
+    from avatar.face import BACKENDS
     from runtime.bench import machine_info
 
     state.load()
     if attacks:
-        _bench_attacks(json_path, bona_fide, per_class, only, jobs, seed, machine_info())
+        if face_backend not in BACKENDS:
+            raise InputError(f"unknown face backend {face_backend!r}; known: {', '.join(BACKENDS)}")
+        options = (bona_fide, per_class, only, jobs, seed, face_backend)
+        _bench_attacks(json_path, *options, machine_info())
         return
     from consent.liveness.bench import bench_liveness
 
@@ -80,6 +87,7 @@ def _bench_attacks(
     only: str | None,
     jobs: int,
     seed: int,
+    face_backend: str,
     machine: dict,
 ) -> None:
     from consent.ceremony.attacks import ATTACKS
@@ -99,6 +107,7 @@ def _bench_attacks(
             seed=seed,
             jobs=jobs,
             on_run=lambda _run: progress.advance(task),
+            backend=face_backend,
         )
     print_table(
         "likeness bench consent --attacks",
@@ -114,6 +123,7 @@ def _bench_attacks(
             "classes": list(classes),
             "seed": seed,
             "jobs": jobs,
+            "face_backend": face_backend,
         },
         **result,
     }

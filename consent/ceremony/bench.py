@@ -30,21 +30,24 @@ from consent.ceremony.attacks import ATTACKS
 _MODELS: dict[str, Any] = {}
 
 
-def _load() -> dict[str, Any]:
-    if not _MODELS:
+def _load(backend: str) -> dict[str, Any]:
+    if "asr" not in _MODELS:
         import cv2
 
         cv2.setNumThreads(1)
-        from avatar.face import FaceAnalyzer
         from consent.liveness.verify import load_asr
 
-        _MODELS["analyzer"] = FaceAnalyzer.load()
         _MODELS["asr"] = load_asr()
-    return _MODELS
+    if backend not in _MODELS:
+        from avatar.face import FaceAnalyzer, FaceOptions
+
+        _MODELS[backend] = FaceAnalyzer.load(FaceOptions(backend=backend))
+    return {"analyzer": _MODELS[backend], "asr": _MODELS["asr"]}
 
 
-def run_one(kind: str, index: int, seed: int = 0) -> dict[str, Any]:
-    """One ceremony: ``kind`` "bona_fide" or an attack class, against persona ``index``.
+def run_one(kind: str, index: int, seed: int = 0, backend: str = "dlib") -> dict[str, Any]:
+    """One ceremony: ``kind`` "bona_fide" or an attack class, against persona ``index``,
+    judged with the face backend ``backend`` ("dlib" or "mediapipe").
 
     Returns the outcome, the failed points and the measured figures (no pixels).
     """
@@ -55,7 +58,7 @@ def run_one(kind: str, index: int, seed: int = 0) -> dict[str, Any]:
     from voice.types import AudioChunk
     from voice.vad import SileroVAD
 
-    models = _load()
+    models = _load(backend)
     analyzer, asr = models["analyzer"], models["asr"]
     began = time.perf_counter()
     if kind == "bona_fide":
@@ -81,6 +84,7 @@ def run_one(kind: str, index: int, seed: int = 0) -> dict[str, Any]:
     return {
         "kind": kind,
         "index": index,
+        "backend": backend,
         "passed": result.passed,
         "failed": [p.name for p in result.failures],
         "reasons": {p.name: p.reason for p in result.failures},
@@ -112,7 +116,7 @@ def _init_worker() -> None:
         pass
 
 
-def _task(args: tuple[str, int, int]) -> dict[str, Any]:
+def _task(args: tuple[str, int, int, str]) -> dict[str, Any]:
     return run_one(*args)
 
 
@@ -123,6 +127,7 @@ def bench_attacks(
     seed: int = 0,
     jobs: int = 1,
     on_run: Callable[[dict[str, Any]], None] | None = None,
+    backend: str = "dlib",
 ) -> dict[str, Any]:
     """Run ``bona_fide`` genuine ceremonies and ``per_class`` attacks of each class.
 
@@ -133,6 +138,7 @@ def bench_attacks(
         seed: varies plans, timings and noise.
         jobs: worker processes.
         on_run: called with each run's figures as it finishes (a progress bar).
+        backend: the face backend that judges ("dlib" or "mediapipe").
 
     Returns:
         ``{"metrics": {...}, "classes": {...}, "bona_fide": {...}, "runs": [...]}``.
@@ -140,8 +146,8 @@ def bench_attacks(
     unknown = [c for c in classes if c not in ATTACKS]
     if unknown:
         raise ValueError(f"unknown attack classes {unknown}; known: {', '.join(ATTACKS)}")
-    tasks = [("bona_fide", i, seed) for i in range(bona_fide)]
-    tasks += [(kind, j, seed) for kind in classes for j in range(per_class)]
+    tasks = [("bona_fide", i, seed, backend) for i in range(bona_fide)]
+    tasks += [(kind, j, seed, backend) for kind in classes for j in range(per_class)]
     runs: list[dict[str, Any]] = []
     began = time.perf_counter()
     if jobs <= 1:

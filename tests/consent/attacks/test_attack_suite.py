@@ -36,15 +36,34 @@ def test_every_attack_class_has_its_expected_checks():
 
 @pytest.mark.parametrize("kind", ATTACKS)
 def test_attack_is_refused_by_its_checks(kind):
-    run = run_one(kind, 1, seed=0)
+    assert_refused(run_one(kind, 1, seed=0))
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_genuine_ceremony_passes(index):
+    assert_passed(run_one("bona_fide", index, seed=0))
+
+
+# On the "mediapipe" face backend (the mesh follows the face): one photo, a warp and a
+# recording are refused by the same checks, and a live person passes. Measured on it:
+# all nine classes refused by their checks (persona 1), personas 0-2 pass.
+@pytest.mark.parametrize("kind", ["still_photo", "warp_2d", "replay"])
+def test_attack_is_refused_on_the_mesh_backend(kind):
+    assert_refused(run_one(kind, 1, seed=0, backend="mediapipe"))
+
+
+def test_genuine_ceremony_passes_on_the_mesh_backend():
+    assert_passed(run_one("bona_fide", 0, seed=0, backend="mediapipe"))
+
+
+def assert_refused(run: dict) -> None:
+    kind = run["kind"]
     assert not run["passed"], f"{kind} passed the ceremony: {run['scores']}"
     missed = CAUGHT_BY[kind] - set(run["failed"])
     assert not missed, f"{kind}: {sorted(missed)} did not fail; failed: {run['failed']}"
 
 
-@pytest.mark.parametrize("index", [0, 1, 2])
-def test_genuine_ceremony_passes(index):
-    run = run_one("bona_fide", index, seed=0)
+def assert_passed(run: dict) -> None:
     assert run["passed"], run["reasons"]
     # The judge keeps pace with the ceremony on one core, and the verdict is quick.
     assert run["cpu_s"] < run["ceremony_s"], run
