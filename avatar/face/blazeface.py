@@ -23,7 +23,12 @@ overlapping tiles of half (then a quarter of) its longer side.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -268,8 +273,34 @@ def load_interpreter(model: Path, num_threads: int = 1) -> Any:
             "ai-edge-litert is not installed: pip install ai-edge-litert==2.3.0"
         ) from err
     interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with _native_info_dropped():
+        interpreter.allocate_tensors()
     return interpreter
+
+
+@contextlib.contextmanager
+def _native_info_dropped() -> Iterator[None]:
+    """Drop the native runtime's "INFO:" lines written to file descriptor 2 in the block;
+    pass its other lines (warnings, errors) on to ``sys.stderr``.
+
+    LiteRT's first allocation in a process writes "INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU." straight to the descriptor; with the mediapipe backend every
+    ``likeness`` command printed it, and an error then took two lines instead of one.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+            kept = [line for line in text.splitlines(keepends=True) if not line.startswith("INFO:")]
+            if kept:
+                sys.stderr.write("".join(kept))
 
 
 def _tiles(width: int, height: int, tile: int) -> list[tuple[int, int]]:

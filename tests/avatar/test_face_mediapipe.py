@@ -9,7 +9,10 @@ them here. LiteRT runs on one thread; nothing here is random.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -369,6 +372,18 @@ def test_load_refuses_a_tampered_file_and_fetch_repairs_it(tmp_path, monkeypatch
 
     monkeypatch.setattr(mm, "_download", no_download)
     assert mm.fetch(folder) == dict.fromkeys(mm.FILES, "kept")
+
+
+def test_loading_writes_nothing_to_stderr():
+    """LiteRT's native "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." line (on
+    file descriptor 2, at a process's first allocation) is dropped: with this backend a
+    ``likeness`` error is still one line on stderr."""
+    code = "from avatar.face.mediapipe_backend import MediaPipeBackend; MediaPipeBackend.load()"
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=root
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
 def test_missing_models_name_the_setup_command(tmp_path):
