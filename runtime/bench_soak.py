@@ -133,9 +133,11 @@ class _Script:
     def update(self) -> None:
         """Bring ``rec`` up to date with what has arrived (cheap to call every minute)."""
         got, rec = self.client.got, self.rec
-        rec.audio_t = [t for t, _ in got.audio_rms]
-        rec.envelope = [r for _, r in got.audio_rms]
-        rec.audio_net_t, rec.video_net_t = list(got.audio_arrived), list(got.video_arrived)
+        new = got.audio_rms[len(rec.audio_t) :]  # only what came since: an hour is 180 000
+        rec.audio_t.extend(t for t, _ in new)
+        rec.envelope.extend(r for _, r in new)
+        rec.audio_net_t.extend(got.audio_arrived[len(rec.audio_net_t) :])
+        rec.video_net_t.extend(got.video_arrived[len(rec.video_net_t) :])
         ends = list(self.client.mic.speech_ends)
         turns = []
         for k, (asked, q) in enumerate(self.asked):

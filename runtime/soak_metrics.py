@@ -79,6 +79,17 @@ def _zscore(x: np.ndarray) -> np.ndarray | None:
     return None if spread < 1e-9 else (x - x.mean()) / spread
 
 
+def _around(
+    times: Sequence[float], values: Sequence[float], start: float, end: float
+) -> tuple[Sequence[float], Sequence[float]]:
+    """The samples from the last one before ``start`` to the first one after ``end``
+    (``times`` ascending): all that linear interpolation over ``[start, end]`` reads,
+    so ``np.interp`` on them gives exactly what it gives on the whole run."""
+    lo = max(bisect.bisect_left(times, start) - 1, 0)
+    hi = bisect.bisect_right(times, end) + 1
+    return times[lo:hi], values[lo:hi]
+
+
 def av_lag(
     audio_t: Sequence[float],
     envelope: Sequence[float],
@@ -121,9 +132,13 @@ def av_lag(
     shift = round(max_lag_s / step_s)
     if len(grid) < 4 * shift or len(audio_t) < 4 or len(video_t) < 4:
         return None
+    # Only the window and its margins are read: an hour's arrivals are 270 000 entries,
+    # and converting them all for every reply held the soak's loop up for 0.15-0.5 s.
+    audio_t, envelope = _around(audio_t, envelope, start, end)
     a = _zscore(np.interp(grid, np.asarray(audio_t), np.asarray(envelope, np.float64)))
     # The mouth at time t + lag is compared with the sound at t: sample it wider.
     wide = start + step_s * (np.arange(len(grid) + 2 * shift) - shift)
+    video_t, mouth = _around(video_t, mouth, wide[0], wide[-1])
     v = np.interp(wide, np.asarray(video_t), np.asarray(mouth, np.float64))
     if a is None or float(v.std()) < 1e-9:
         return None

@@ -8,6 +8,7 @@ beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -122,6 +123,44 @@ def test_a_known_shift_is_measured_within_20_ms(shift_ms):
         lag = av_lag(audio_t, rms, video_t, opening, (0.5, 7.5))
         assert lag is not None
         assert abs(1000 * lag.lag_s - shift_ms) <= 20, (seed, lag)
+
+
+def test_the_offset_reads_only_the_window_and_gives_what_the_whole_run_gives():
+    # An hour's arrivals are 270 000 entries: av_lag must not convert them all for each
+    # reply (that held the soak client's loop up 0.15-0.5 s a minute, read as freezes),
+    # and reading only the window must not change the answer.
+    audio_t, rms, video_t, opening = speech_pair(4, 0.05)
+    lag = av_lag(list(audio_t), list(rms), list(video_t), list(opening), (0.5, 7.5))
+    hour_a = np.arange(-3600.0, -1.0, 0.02)
+    hour_v = np.arange(-3600.0, -1.0, 1 / FPS)
+    later_a, later_v = hour_a + 3610.0, hour_v + 3610.0
+    noise = np.random.default_rng(0)
+    long = av_lag(
+        [*hour_a, *audio_t, *later_a],
+        [*noise.random(len(hour_a)), *rms, *noise.random(len(later_a))],
+        [*hour_v, *video_t, *later_v],
+        [*noise.random(len(hour_v)), *opening, *noise.random(len(later_v))],
+        (0.5, 7.5),
+    )
+    assert lag is not None and long == lag
+    read = _Counted(long_a := [*hour_a, *audio_t, *later_a])
+    av_lag(read, [0.0] * len(long_a), list(video_t), list(opening), (0.5, 7.5))
+    assert 0 < read.reads < 0.05 * len(long_a)  # the window's 350 samples, not the hour
+
+
+class _Counted(Sequence):
+    """A list that counts the entries read from it."""
+
+    def __init__(self, items: list[float]) -> None:
+        self.items, self.reads = items, 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        got = self.items[index]
+        self.reads += len(got) if isinstance(index, slice) else 1
+        return got
 
 
 def test_a_mouth_that_does_not_follow_the_voice_gives_no_offset():
