@@ -54,6 +54,7 @@ from runtime.soak_metrics import (
     minute_rows,
     table_cells,
     verdict,
+    video_gaps,
 )
 from runtime.stall_watch import StallWatch
 
@@ -303,6 +304,10 @@ def bench_soak(opts: SoakOptions, on_minute: MinuteHook | None = None) -> dict[s
         "runs": {
             "server_log_tail": server_log,
             "client_stalls": stalls,
+            "freezes": [  # each one, to set beside the stalls and the turns
+                {"at_s": round(g.start - rec.start, 2), "ms": round(1000 * g.length)}
+                for g in video_gaps(rec, FREEZE_S)
+            ],
             "minutes": rows,
             "turns": [
                 _turn_json(t, rec, q) for t, (_, q) in zip(rec.turns, script.asked, strict=True)
