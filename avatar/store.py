@@ -1,7 +1,8 @@
 """A cache of prepared avatars on disk, one folder per avatar id.
 
-Layout: ``<root>/<id>/face.png`` (the aligned crop), ``landmarks.npy`` and
-``meta.json``. Writes go to a temporary folder renamed into place, so a crash
+Layout: ``<root>/<id>/face.png`` (the aligned crop), ``landmarks.npy``,
+``meta.json`` and, for a face prepared by a mesh backend, ``mesh.npy`` (the
+468-point mesh in the crop's pixels). Writes go to a temporary folder renamed into place, so a crash
 never leaves a half-written avatar. Photos only: a stored avatar is never
 synthetic, whatever its files say — synthetic faces are drawn by code on demand.
 """
@@ -58,6 +59,8 @@ class AvatarStore:
             if not cv2.imwrite(str(tmp / "face.png"), bgr):
                 raise OSError(f"could not write {tmp / 'face.png'}")
             np.save(tmp / "landmarks.npy", avatar.landmarks.astype(np.float32))
+            if avatar.mesh is not None:
+                np.save(tmp / "mesh.npy", np.asarray(avatar.mesh, np.float32))
             meta = {
                 "id": avatar.id,
                 "pose": asdict(avatar.pose) if avatar.pose else None,
@@ -84,12 +87,16 @@ class AvatarStore:
             meta = json.loads((folder / "meta.json").read_text())
             bgr = cv2.imread(str(folder / "face.png"), cv2.IMREAD_COLOR)
             landmarks = np.load(folder / "landmarks.npy")
+            mesh_file = folder / "mesh.npy"
+            mesh = np.load(mesh_file) if mesh_file.is_file() else None
         except FileNotFoundError:
             raise ImageInputError(f"no prepared avatar {avatar_id}") from None
         except (OSError, ValueError) as err:
             raise ImageInputError(f"prepared avatar {avatar_id} is damaged: {err}") from None
         if bgr is None or landmarks.shape != (68, 2):
             raise ImageInputError(f"prepared avatar {avatar_id} is damaged")
+        if mesh is not None and (mesh.ndim != 2 or mesh.shape[1] != 3):
+            raise ImageInputError(f"prepared avatar {avatar_id} is damaged: mesh {mesh.shape}")
         return PreparedAvatar(
             id=meta["id"],
             image=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
@@ -98,6 +105,7 @@ class AvatarStore:
             pose=HeadPose(**meta["pose"]) if meta.get("pose") else None,
             source_box=Box(**meta["source_box"]) if meta.get("source_box") else None,
             warnings=tuple(meta.get("warnings", ())),
+            mesh=None if mesh is None else mesh.astype(np.float32),
         )
 
     def delete(self, avatar_id: str) -> bool:

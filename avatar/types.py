@@ -110,6 +110,10 @@ class PreparedAvatar:
         pose: head pose in the source photo.
         source_box: the crop's square in the source photo's pixels.
         warnings: what the caller should know (several faces, downscaled...).
+        mesh: the 468-point face mesh in the crop's pixels, float32 (468, 3) (x, y and
+            depth at the scale of x, smaller nearer the camera; see
+            :mod:`avatar.face.mesh`), when the face backend gives one ("mediapipe");
+            None otherwise (dlib, synthetic faces). ``landmarks`` are its 68 points then.
     """
 
     id: str
@@ -119,3 +123,4 @@ class PreparedAvatar:
     pose: HeadPose | None = None
     source_box: Box | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    mesh: np.ndarray | None = None

@@ -44,6 +44,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avatar.errors import AvatarError
 from avatar.face import FaceAnalyzer, FaceOptions, align_face, as_rgb
+from avatar.face.align import map_mesh
 from avatar.store import AvatarStore
 from avatar.types import PreparedAvatar
 from consent import ConsentError
@@ -270,6 +271,7 @@ class Enrolment:
                     pose=face.pose,
                     source_box=aligned.source_box(),
                     warnings=face.warnings,
+                    mesh=None if face.mesh is None else map_mesh(face.mesh.points, aligned.matrix),
                 )
             )
         return avatar_id

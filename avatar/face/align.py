@@ -166,6 +166,20 @@ def invert_affine(matrix: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(matrix, dtype=np.float64))
 
 
+def map_mesh(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Move a face mesh's (N, 3) points (x, y, depth) with a similarity ``matrix`` (2x3),
+    as :func:`align_face` moves the photo: x, y mapped, depth scaled by the zoom.
+
+    Returns:
+        float32 (N, 3), e.g. the mesh in the crop's pixels from the photo's.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    out = np.empty_like(pts)
+    out[:, :2] = map_points(pts[:, :2], matrix)
+    out[:, 2] = pts[:, 2] * math.hypot(matrix[0, 0], matrix[0, 1])
+    return out.astype(np.float32)
+
+
 def map_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """Apply a 2x3 affine matrix to (N, 2) points; returns float64 (N, 2)."""
     pts = np.asarray(points, dtype=np.float64)

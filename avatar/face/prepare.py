@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avatar.face.align import DEFAULT_MARGIN, align_face
+from avatar.face.align import DEFAULT_MARGIN, align_face, map_mesh
 from avatar.face.analyzer import FaceAnalyzer
 from avatar.face.images import as_rgb, read_image
 from avatar.types import PreparedAvatar
@@ -52,8 +52,9 @@ def prepare_photo(
         margin: see :func:`avatar.face.align.alignment_matrix`.
 
     Returns:
-        The prepared avatar: crop, crop landmarks, pose in the photo, the crop's square
-        in photo pixels, warnings to show. Check consent for it before animating it.
+        The prepared avatar: crop, crop landmarks (and, from a mesh backend, the crop's
+        468-point mesh), pose in the photo, the crop's square in photo pixels, warnings
+        to show. Check consent for it before animating it.
 
     Raises:
         ImageInputError: the file or array is not a usable image.
@@ -78,4 +79,5 @@ def prepare_photo(
         pose=face.pose,
         source_box=box,
         warnings=tuple(warnings),
+        mesh=None if face.mesh is None else map_mesh(face.mesh.points, aligned.matrix),
     )

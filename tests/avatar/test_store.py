@@ -10,7 +10,7 @@ from avatar.store import AvatarStore
 from avatar.types import Box, HeadPose, PreparedAvatar
 
 
-def avatar(synthetic: bool = False) -> PreparedAvatar:
+def avatar(synthetic: bool = False, mesh: bool = False) -> PreparedAvatar:
     rng = np.random.default_rng(1)
     return PreparedAvatar(
         id="0123456789abcdef",
@@ -20,13 +20,16 @@ def avatar(synthetic: bool = False) -> PreparedAvatar:
         pose=HeadPose(5.0, -2.0, 1.0),
         source_box=Box(10, 20, 110, 120),
         warnings=("2 faces found; using the largest",),
+        mesh=rng.random((468, 3)).astype(np.float32) * 32 if mesh else None,
     )
 
 
-def test_round_trip(tmp_path):
+@pytest.mark.parametrize("mesh", [False, True], ids=["68 points", "mesh"])
+def test_round_trip(tmp_path, mesh):
     store = AvatarStore(tmp_path)
-    original = avatar()
-    store.save(original)
+    original = avatar(mesh=mesh)
+    folder = store.save(original)
+    assert (folder / "mesh.npy").is_file() == mesh
     assert original.id in store
     loaded = store.load(original.id)
     np.testing.assert_array_equal(loaded.image, original.image)
@@ -36,6 +39,10 @@ def test_round_trip(tmp_path):
         original.source_box,
         original.warnings,
     )
+    if mesh:
+        np.testing.assert_array_equal(loaded.mesh, original.mesh)
+    else:
+        assert loaded.mesh is None
     assert store.delete(original.id) and original.id not in store
 
 
@@ -62,4 +69,8 @@ def test_bad_ids_and_damage(tmp_path):
     folder = store.save(avatar())
     (folder / "landmarks.npy").write_bytes(b"garbage")
     with pytest.raises(ImageInputError, match="damaged"):
+        store.load("0123456789abcdef")
+    folder = store.save(avatar(mesh=True))
+    np.save(folder / "mesh.npy", np.zeros((468, 2), np.float32))
+    with pytest.raises(ImageInputError, match="damaged: mesh"):
         store.load("0123456789abcdef")
