@@ -40,15 +40,33 @@ class LidPainter:
             colours.append(np.median(patch.reshape(-1, 3), axis=0) if patch.size else (128,) * 3)
         return cls(np.asarray(colours, np.float32), max(1.0, 0.012 * iod))
 
-    def paint(self, image: np.ndarray, landmarks: np.ndarray, closure: tuple[float, float]) -> None:
-        """Cover what is left of each eye opening, in place, as ``closure`` nears 1."""
+    def paint(
+        self,
+        image: np.ndarray,
+        landmarks: np.ndarray,
+        closure: tuple[float, float],
+        lids: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None,
+    ) -> None:
+        """Cover what is left of each eye opening, in place, as ``closure`` nears 1.
+
+        Args:
+            image: the frame, changed in place.
+            landmarks: the frame's (warped) 68 landmarks.
+            closure: the subject's right and left eye, 0 (open) to 1 (shut).
+            lids: per eye, its upper and lower lid line from corner to corner (a dense
+                mesh's rings); None draws them through the 68 landmarks.
+        """
         for k, eye in enumerate(_EYES):
             alpha = float(np.clip((closure[k] - 0.7) / 0.25, 0.0, 1.0))
             if alpha <= 0.0:
                 continue
-            pts = landmarks[list(eye)].astype(np.float64)
-            upper = curve(pts[[0, 1, 2, 3]], samples=6)
-            lower = curve(pts[[3, 4, 5, 0]], samples=6) + [0.0, self.grow]
+            if lids is None:
+                pts = landmarks[list(eye)].astype(np.float64)
+                upper = curve(pts[[0, 1, 2, 3]], samples=6)
+                lower = curve(pts[[3, 4, 5, 0]], samples=6) + [0.0, self.grow]
+            else:
+                upper = curve(lids[k][0], samples=3)
+                lower = curve(lids[k][1][::-1], samples=3) + [0.0, self.grow]
             outline = np.concatenate([upper, lower[1:-1]])
             h, w = image.shape[:2]
             x0, y0 = np.maximum(np.floor(outline.min(0)).astype(int) - 3, 0)

@@ -49,16 +49,29 @@ class MouthPainter:
         )
         return cls(iod, luma / 0.62, _inner_gap(landmarks))
 
-    def paint(self, image: np.ndarray, landmarks: np.ndarray, teeth_show: float = 0.0) -> None:
+    def paint(
+        self,
+        image: np.ndarray,
+        landmarks: np.ndarray,
+        teeth_show: float = 0.0,
+        lips: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
         """Paint the interior inside the inner lips of ``landmarks`` into ``image`` (uint8 RGB).
 
         Args:
             image: the frame, changed in place.
             landmarks: the frame's (warped) 68 landmarks.
             teeth_show: extra upper-teeth showing (lip lifted, as for f and v), 0..1.
+            lips: the inner lip line, upper and lower, each (N, 2) from the corner of 60
+                to the corner of 64 (a dense mesh's rings); None draws it through the
+                68 landmarks' inner lips.
         """
-        upper = curve(landmarks[60:65], samples=6)
-        lower = curve(landmarks[[64, 65, 66, 67, 60]], samples=6)
+        if lips is None:
+            upper = curve(landmarks[60:65], samples=6)
+            lower = curve(landmarks[[64, 65, 66, 67, 60]], samples=6)
+        else:
+            upper = curve(lips[0], samples=3)
+            lower = curve(lips[1][::-1], samples=3)
         gaps = landmarks[[67, 66, 65], 1] - landmarks[[61, 62, 63], 1]
         gap = float(max(gaps.mean(), 0.0))
         if gaps.max() < 0.6:

@@ -6,6 +6,12 @@ landmarks. It carries the motion state (blinks, sway), so frames must be
 rendered in time order, one at a time; the streaming generator and the offline
 ``render_clip`` both drive it the same way.
 
+A photo prepared with a face mesh (``PreparedAvatar.mesh``, the "mediapipe" backend)
+also gets its :class:`~avatar.procedural.dense.DenseRig`: the warp follows the photo's
+own lip and lid lines and the cheeks, the mouth interior is painted inside the mesh's
+inner-lip line and a shut eye along its lid lines. Without a mesh (dlib, the synthetic
+face) everything is drawn from the 68 landmarks alone.
+
 Per frame the work is: landmark displacements from the rig; if anything in the
 face moves, one remap of the part of the face region that moves
 (``FaceMesh.warp``), the mouth interior in a small box and, during a blink, the
@@ -21,6 +27,7 @@ import cv2
 import numpy as np
 
 from avatar.face.crop import fit_avatar
+from avatar.procedural.dense import DenseRig
 from avatar.procedural.eyes import LidPainter
 from avatar.procedural.motion import MotionModel
 from avatar.procedural.mouth import MouthPainter
@@ -51,6 +58,7 @@ class FrameRenderer:
         size: output side in pixels.
         rest_image: the avatar at the output size (never modified).
         rest_landmarks: its 68 landmarks.
+        dense: the dense mesh's rig, None for a face without a mesh.
     """
 
     def __init__(
@@ -63,6 +71,7 @@ class FrameRenderer:
         lids: LidPainter,
         motion: MotionModel,
         articulation: float = 1.0,
+        dense: DenseRig | None = None,
     ) -> None:
         self.rest_image = rest_image
         self.rest_landmarks = rest_landmarks
@@ -73,6 +82,7 @@ class FrameRenderer:
         self.lids = lids
         self.motion = motion
         self.articulation = articulation
+        self.dense = dense
         self._zero = np.zeros(5, np.float32)
 
     @classmethod
@@ -91,12 +101,34 @@ class FrameRenderer:
         image, landmarks = fit_avatar(avatar, size)
         image.setflags(write=False)
         rig = FaceRig.from_landmarks(landmarks)
-        mesh = FaceMesh.build(landmarks, (size, size))
+        dense = None
+        if avatar.mesh is not None:
+            h, w = avatar.image.shape[:2]
+            points = np.asarray(avatar.mesh, np.float32)[:, :2] * [size / w, size / h]
+            dense = DenseRig.from_mesh(points, landmarks, size)
+            extra = (dense.rest, dense.topology(landmarks))
+            mesh = FaceMesh.build(landmarks, (size, size), *extra)
+        else:
+            mesh = FaceMesh.build(landmarks, (size, size))
         painter = MouthPainter.for_face(image, landmarks, rig.iod)
         lids = LidPainter.for_face(image, landmarks, rig.iod)
         pivot = (float(landmarks[8, 0]), float(landmarks[8, 1] + 0.6 * rig.iod))
         motion = MotionModel(seed, fps, size, pivot, sway, blink, breathing)
-        return cls(image, landmarks, mesh, rig, painter, lids, motion, articulation)
+        return cls(image, landmarks, mesh, rig, painter, lids, motion, articulation, dense)
+
+    def lines(self, landmarks: np.ndarray, extra: np.ndarray | None) -> tuple:
+        """The inner lip line (upper, lower) and each eye's lid lines (upper, lower) that
+        the painters draw along, from the dense mesh's vertices moved by ``extra``; (None,
+        None) without a dense mesh (the painters then use the 68 ``landmarks``)."""
+        if self.dense is None or extra is None:
+            return None, None
+        now, ring = self.dense.rest + extra, self.dense.ring
+        lips = (ring("inner_upper", landmarks, now), ring("inner_lower", landmarks, now))
+        lids = tuple(
+            (ring(f"lid_upper_{eye}", landmarks, now), ring(f"lid_lower_{eye}", landmarks, now))
+            for eye in (0, 1)
+        )
+        return lips, lids
 
     def render(
         self, t: float, mouth: np.ndarray | None, speaking: bool, energy: float = 0.0
@@ -117,9 +149,11 @@ class FrameRenderer:
         moving = bool(np.any(np.abs(delta) > 0.05))
         image = self.rest_image.copy()
         if moving:
-            self.mesh.warp(self.rest_image, image, delta)
-            self.painter.paint(image, landmarks, float(shape[4]))
-            self.lids.paint(image, landmarks, pose.blink)
+            extra = None if self.dense is None else self.dense.displace(delta, pose.blink)
+            self.mesh.warp(self.rest_image, image, delta, extra)
+            lips, lids = self.lines(landmarks, extra)
+            self.painter.paint(image, landmarks, float(shape[4]), lips)
+            self.lids.paint(image, landmarks, pose.blink, lids)
         if not pose.still:
             image = cv2.warpAffine(
                 image,

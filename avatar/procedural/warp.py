@@ -7,6 +7,10 @@ follows their curves) and a ring of anchor points on the border of the face regi
 Anchors never move, so nothing outside the region changes and its border is
 seamless.
 
+With a prepared avatar's dense face mesh (:mod:`avatar.procedural.dense`) its lip,
+lid and cheek vertices join the mesh (``extra``) and take the place of the spline
+midpoints: the outlines are then the photo's own lip and lid lines.
+
 Computed once per avatar: the triangulation (taken in a "topology pose" with the
 mouth and eyes opened a little, so that a closed mouth, whose upper and lower
 inner lip share points, still gets separate upper and lower lip triangles), the
@@ -98,6 +102,10 @@ _CREASE_PLACE, _CREASE_MOVE = _crease_matrices()
 HELPERS = np.concatenate([_helper_matrix(), _CREASE_PLACE])  # rest positions
 HELPER_MOTION = np.concatenate([_helper_matrix(), _CREASE_MOVE])  # displacements
 N_LANDMARK_VERTICES = 68 + len(HELPERS)
+# With a dense mesh: the eye and mouth centres and the creases (its rings replace the
+# spline midpoints).
+DENSE_HELPERS = np.concatenate([_helper_matrix()[:3], _CREASE_PLACE])
+DENSE_HELPER_MOTION = np.concatenate([_helper_matrix()[:3], _CREASE_MOVE])
 
 
 def eye_distance(landmarks: np.ndarray) -> float:
@@ -139,7 +147,7 @@ def with_helpers(landmarks: np.ndarray, motion: bool = False) -> np.ndarray:
     return out
 
 
-def _anchor_ring(box: tuple[int, int, int, int], per_side: int = 6) -> np.ndarray:
+def anchor_ring(box: tuple[int, int, int, int], per_side: int = 6) -> np.ndarray:
     x0, y0, x1, y1 = box
     xs = np.linspace(x0, x1 - 1, per_side + 1)
     ys = np.linspace(y0, y1 - 1, per_side + 1)
@@ -150,7 +158,7 @@ def _anchor_ring(box: tuple[int, int, int, int], per_side: int = 6) -> np.ndarra
     return np.concatenate([top, bottom, left, right]).astype(np.float32)
 
 
-def _topology_pose(landmarks: np.ndarray) -> np.ndarray:
+def topology_pose(landmarks: np.ndarray) -> np.ndarray:
     """The landmarks with the mouth and eyes opened a little (for triangulating)."""
     pose = landmarks.astype(np.float64).copy()
     iod = eye_distance(landmarks)
@@ -171,36 +179,71 @@ class FaceMesh:
 
     Attributes:
         box: the region (x0, y0, x1, y1) that warping may change.
-        vertices: rest positions of all vertices (68 landmarks, 3 helpers, anchors).
+        vertices: rest positions of all vertices: the 68 landmarks, the helpers, the
+            extra (dense mesh) vertices, the anchors.
         triangles: (T, 3) vertex indices.
         grid: (h, w, 2) float32 pixel coordinates of the region (the identity map).
+        helper_motion: the helpers' displacements as combinations of the landmarks'.
+        n_extra: how many extra vertices follow the helpers.
     """
 
     box: tuple[int, int, int, int]
     vertices: np.ndarray
     triangles: np.ndarray
     grid: np.ndarray
+    helper_motion: np.ndarray
+    n_extra: int
 
     @classmethod
-    def build(cls, landmarks: np.ndarray, size: tuple[int, int]) -> FaceMesh:
-        """Triangulate the face of an image of ``size`` (h, w)."""
+    def build(
+        cls,
+        landmarks: np.ndarray,
+        size: tuple[int, int],
+        extra: np.ndarray | None = None,
+        extra_topology: np.ndarray | None = None,
+    ) -> FaceMesh:
+        """Triangulate the face of an image of ``size`` (h, w).
+
+        Args:
+            landmarks: the 68 landmarks at rest.
+            size: (h, w) of the image.
+            extra: (K, 2) more vertices at rest (a dense mesh's rings and cheeks); they
+                replace the spline midpoints. Give their moves to :meth:`warp`.
+            extra_topology: where they are in the topology pose (mouth and eyes opened
+                a little, as :func:`topology_pose` does to the landmarks).
+        """
         box = face_region(landmarks, size)
-        anchors = _anchor_ring(box)
-        rest = np.concatenate([with_helpers(landmarks), anchors]).astype(np.float32)
-        topo = np.concatenate([with_helpers(_topology_pose(landmarks)), anchors])
+        anchors = anchor_ring(box)
+        if extra is None:
+            rest = np.concatenate([with_helpers(landmarks), anchors]).astype(np.float32)
+            topo = np.concatenate([with_helpers(topology_pose(landmarks)), anchors])
+            motion, n_extra = HELPER_MOTION, 0
+        else:
+            pose = topology_pose(landmarks)
+            rest = np.concatenate([landmarks, DENSE_HELPERS @ landmarks, extra, anchors])
+            topo = np.concatenate([pose, DENSE_HELPERS @ pose, extra_topology, anchors])
+            motion, n_extra = DENSE_HELPER_MOTION, len(extra)
         triangles = Delaunay(topo).simplices.astype(np.int32)
         x0, y0, x1, y1 = box
         yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        return cls(box, rest, triangles, np.stack([xx, yy], -1))
+        grid = np.stack([xx, yy], -1)
+        return cls(box, rest.astype(np.float32), triangles, grid, motion, n_extra)
 
-    def vertex_displacements(self, landmark_delta: np.ndarray) -> np.ndarray:
-        """All vertices' displacements from the 68 landmarks' (anchors stay put)."""
+    def vertex_displacements(
+        self, landmark_delta: np.ndarray, extra_delta: np.ndarray | None = None
+    ) -> np.ndarray:
+        """All vertices' displacements from the 68 landmarks' and the extra vertices'
+        (anchors stay put)."""
         out = np.zeros((len(self.vertices), 2), np.float32)
-        out[:N_LANDMARK_VERTICES] = with_helpers(landmark_delta, motion=True)
+        out[:68] = landmark_delta
+        helpers = 68 + len(self.helper_motion)
+        out[68:helpers] = self.helper_motion @ np.asarray(landmark_delta, np.float32)
+        if extra_delta is not None:
+            out[helpers : helpers + self.n_extra] = extra_delta
         return out
 
     def source_map(
-        self, landmark_delta: np.ndarray
+        self, landmark_delta: np.ndarray, extra_delta: np.ndarray | None = None
     ) -> tuple[tuple[int, int, int, int], np.ndarray]:
         """Where each output pixel reads the rest image, over the box that changes.
 
@@ -208,7 +251,7 @@ class FaceMesh:
             The box (x0, y0, x1, y1), empty when nothing moves, and its (h, w, 2)
             float32 map of source coordinates.
         """
-        disp = self.vertex_displacements(landmark_delta)
+        disp = self.vertex_displacements(landmark_delta, extra_delta)
         moving = np.any(np.abs(disp) > 1e-3, axis=1)
         tris = self.triangles[moving[self.triangles].any(axis=1)]
         if len(tris) == 0:
@@ -235,9 +278,10 @@ class FaceMesh:
         affine = np.concatenate([linear, offset[:, :, None]], axis=2).reshape(-1, 6)
         index = np.full((y1 - y0, x1 - x0), -1, np.int32)
         origin = np.array([x0, y0], np.float64)
-        for k in np.argsort(np.abs(det)):  # big triangles last, so they win shared pixels
-            if ok[k]:
-                cv2.fillConvexPoly(index, to_fixed(moved[k] - origin), int(k), cv2.LINE_8, 4)
+        corners = to_fixed(moved - origin)
+        order = np.argsort(np.abs(det))  # big triangles last, so they win shared pixels
+        for k in order[ok[order]].tolist():
+            cv2.fillConvexPoly(index, corners[k], k, cv2.LINE_8, 4)
         grid = self.grid[y0 - ry0 : y1 - ry0, x0 - rx0 : x1 - rx0]
         source = grid.copy()
         rows, cols = np.nonzero(index >= 0)
@@ -248,9 +292,15 @@ class FaceMesh:
             source[rows, cols, 1] = m[:, 3] * px + m[:, 4] * py + m[:, 5]
         return (x0, y0, x1, y1), source
 
-    def warp(self, rest_image: np.ndarray, out: np.ndarray, landmark_delta: np.ndarray) -> None:
+    def warp(
+        self,
+        rest_image: np.ndarray,
+        out: np.ndarray,
+        landmark_delta: np.ndarray,
+        extra_delta: np.ndarray | None = None,
+    ) -> None:
         """Write the warped face of ``rest_image`` into ``out`` (same shape, a copy of it)."""
-        (x0, y0, x1, y1), source = self.source_map(landmark_delta)
+        (x0, y0, x1, y1), source = self.source_map(landmark_delta, extra_delta)
         if x1 <= x0 or y1 <= y0:
             return
         out[y0:y1, x0:x1] = cv2.remap(
