@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from avatar.face import FaceAnalyzer, FaceOptions
 from avatar.face.images import read_image
 
 
@@ -25,3 +26,17 @@ def hopper() -> np.ndarray:
 def astronaut2x(astronaut) -> np.ndarray:
     """The astronaut at 1024x1024 (face about 187 px), room for turned copies."""
     return cv2.resize(astronaut, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.fixture(scope="module")
+def analyzers() -> dict[str, FaceAnalyzer]:
+    """A face analyzer per backend, by name (no embedder: prepare and analyze only)."""
+    from avatar.face.dlib_backend import DlibBackend
+    from avatar.face.mediapipe_backend import MediaPipeBackend
+
+    return {
+        "dlib": FaceAnalyzer(DlibBackend.load(), None, FaceOptions()),
+        "mediapipe": FaceAnalyzer(
+            MediaPipeBackend.load(num_threads=1), None, FaceOptions(backend="mediapipe")
+        ),
+    }

@@ -32,10 +32,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from avatar.face import FaceAnalyzer, FaceOptions
 from avatar.face.align import alignment_matrix, map_mesh
-from avatar.face.dlib_backend import DlibBackend
-from avatar.face.mediapipe_backend import MediaPipeBackend
 from avatar.face.mesh import MESH_TO_68
 from avatar.face.prepare import prepare_photo
 from avatar.procedural import ProceduralGenerator, ProceduralOptions, render_clip
@@ -59,16 +56,6 @@ class Photo:
     after: PreparedAvatar
     lines_before: np.ndarray  # (468, 2) the photo's mesh in dlib's crop
     lines_after: np.ndarray  # (468, 2) in its own crop
-
-
-@pytest.fixture(scope="module")
-def analyzers() -> dict[str, FaceAnalyzer]:
-    return {
-        "dlib": FaceAnalyzer(DlibBackend.load(), None, FaceOptions()),
-        "mediapipe": FaceAnalyzer(
-            MediaPipeBackend.load(num_threads=1), None, FaceOptions(backend="mediapipe")
-        ),
-    }
 
 
 @pytest.fixture(scope="module", params=["astronaut", "hopper"])
