@@ -270,11 +270,11 @@ def _dark(tile: np.ndarray, marks: np.ndarray) -> float:
 
 def test_contact_sheet_before_and_after(astronaut, analyzers, speech):
     """The astronaut from the same speech and seed, drawn from dlib's 68 points (before)
-    and from the mesh (after), written as a PNG to look at: open mouth, the mouth and the
-    eyes mid-blink at twice the size, closed mouth, idle. Read back, each tile is its
-    frame under its label, and shows what the label says on both rows: a dark interior
-    in the open mouth and none in the closed one, the white of the eyes gone mid-blink
-    and there at idle; the rows differ in the open mouth."""
+    and from the mesh (after), written as a PNG to look at: open mouth, the mouth (four
+    times the full face's scale), the eyes mid-blink (twice), closed mouth, idle. Read
+    back, each tile is its frame under its label, and shows what the label says on both
+    rows: a dark interior in the open mouth and none in the closed one, the white of the
+    eyes gone mid-blink and there at idle; the rows differ in the open mouth."""
     pcm, rate = speech
     rows = {}
     for label, backend in (("before", "dlib"), ("after", "mediapipe")):
@@ -294,7 +294,7 @@ def test_contact_sheet_before_and_after(astronaut, analyzers, speech):
         lm = avatar.landmarks
         tiles = [
             ("open mouth", talk[open_at].image),
-            ("open, mouth x2", _square(talk[open_at].image, lm[48:68].mean(0), SIZE // 4)),
+            ("open, mouth x4", _square(talk[open_at].image, lm[48:68].mean(0), SIZE // 4)),
             ("mid-blink, eyes x2", _square(idle[blink_at].image, lm[36:48].mean(0), SIZE // 2)),
             ("closed mouth", talk[closed_at].image),
             ("idle", idle[idle_at].image),
@@ -320,11 +320,13 @@ def test_contact_sheet_before_and_after(astronaut, analyzers, speech):
         marks = checks[label]
         dark = {k: _dark(shown[f"{label}: {k}"], marks) for k in ("open mouth", "closed mouth")}
         sclera = {k: _sclera(shown[f"{label}: {k}"], marks) for k in ("idle", "closed mouth")}
-        blink_marks = (marks - marks[36:48].mean(0)) * 2 + TILE / 2  # the x2 eye tile
+        blink_marks = (
+            marks - marks[36:48].mean(0)
+        ) * 2 + TILE / 2  # the eye tile, twice the full tiles
         sclera["mid-blink"] = _sclera(shown[f"{label}: mid-blink, eyes x2"], blink_marks)
         print(f"{label}: dark mouth {dark}, white of the eyes {sclera}")
         assert dark["open mouth"] > 0.15 and dark["closed mouth"] < 0.03, dark
         assert sclera["idle"] > 0.05 and sclera["closed mouth"] > 0.05, sclera
         assert sclera["mid-blink"] < 0.1 * sclera["idle"], sclera
-    a, b = (shown[f"{label}: open, mouth x2"].astype(np.float32) for label in rows)
+    a, b = (shown[f"{label}: open, mouth x4"].astype(np.float32) for label in rows)
     assert np.abs(a - b).mean() > 5, "the mesh draws the open mouth differently"
