@@ -246,16 +246,24 @@ class Received:
 def video_gaps(rec: Received, longer_than: float) -> list[Gap]:
     """Gaps between video frames, and from the last frame to the run's end (a stream
     that stopped is frozen until the end)."""
-    times = list(rec.video_t)
+    times = list(rec.video_t[: _judged(rec)])
     if times and rec.end == rec.end and rec.end > times[-1]:
         times.append(rec.end)
     return gaps(times, longer_than)
 
 
+def _judged(rec: Received) -> int:
+    """How many video frames arrived by the run's end. Frames keep coming while the
+    client closes and analyses; a gap there (the final analysis held the loop 0.2 s
+    at the end of an hour) is after the run, not a freeze in it."""
+    return len(rec.video_t) if rec.end != rec.end else bisect.bisect_right(rec.video_t, rec.end)
+
+
 def sender_freezes(rec: Received, settle_s: float = 2.0) -> list[float]:
     """Arrival times of freezes across which the sent pts jumped as far: the sender
     skipped frames (e.g. its event loop stalled), rather than the network or client."""
-    t, pts = np.asarray(rec.video_t), np.asarray(rec.video_pts)
+    n = _judged(rec)
+    t, pts = np.asarray(rec.video_t[:n]), np.asarray(rec.video_pts[:n])
     if len(t) != len(pts) or len(t) < 2:
         return []
     hit = (np.diff(t) > FREEZE_S) & (np.diff(pts) > FREEZE_S) & (t[:-1] >= rec.start + settle_s)
@@ -279,7 +287,7 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
     at_sender = sender_freezes(rec, settle_s)
     windows = [t.reply for t in rec.turns if t.reply is not None]
     audio_gaps = within(gaps(rec.audio_t, AUDIO_GAP_S), windows)
-    video_t = np.asarray(rec.video_t)
+    video_t = np.asarray(rec.video_t[: _judged(rec)])
     steps = np.diff(video_t) if len(video_t) > 1 else np.zeros(0)
     starts = video_t[:-1]
     if len(video_t) and rec.end == rec.end and rec.end > video_t[-1]:

@@ -7,6 +7,7 @@ beside it.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Sequence
 
@@ -285,6 +286,23 @@ def test_video_that_stops_is_a_freeze_until_the_end_and_an_ended_session_fails()
         "rss_flat": True,
         "turns_flat": None,
     }
+
+
+def test_a_gap_after_the_run_has_ended_is_not_a_freeze():
+    # The 60-minute run of 2026-12-07 16:52 counted one freeze from 3599.99 s to
+    # 3600.21 s: frames still arrived while the client ran its final analysis.
+    rec = three_minutes()
+    rec.end, rec.video_pts = rec.start + 150.0, list(rec.video_t)  # pts steady as sent
+    cut = bisect.bisect_right(rec.video_t, rec.end)
+    rec.video_t = [*rec.video_t[:cut], *(t + 0.25 for t in rec.video_t[cut:])]
+    rec.video_pts = [*rec.video_pts[:cut], *(t + 0.25 for t in rec.video_pts[cut:])]
+    rows = minute_rows(rec, 3)
+    assert sum(r["freezes"] + r["freezes_at_sender"] for r in rows) == 0
+    assert rows[2]["max_gap_ms"] < 100
+    rec.end += 0.3  # the same gap inside the run is one, at the sender
+    rows = minute_rows(rec, 3)
+    assert [r["freezes"] for r in rows] == [0, 0, 1]
+    assert [r["freezes_at_sender"] for r in rows] == [0, 0, 1]
 
 
 @pytest.mark.parametrize(
