@@ -29,7 +29,9 @@ moves (one small matrix product a frame), plus the lids' closure:
   the border of the face region held still: the cheeks follow the jaw and a smile's
   corners, and the warp's stretch jumps across triangle edges in the cheeks no more
   than with the 68 points alone (the lip vertices without them made those jumps
-  20-60 % larger).
+  20-60 % larger). The three under each eye hold still (:data:`CHEEKBONES`), which
+  keeps the warped area a frame below the 68-point path's (70,600 px against 75,300
+  on the astronaut's speech; 83,800 if they moved too).
 
 The mouth interior is painted inside the inner lip line and a shut eye's last rim
 inside the lid lines (:class:`~avatar.procedural.mouth.MouthPainter`,
@@ -64,6 +66,10 @@ LENS = ("inner_upper", "inner_lower")
 _CHEEK_RIGHT = (117, 50, 36, 187, 205, 206, 192, 216, 57, 138, 212, 202, 135, 210, 204, 169, 106)
 _CHEEK_LEFT = (346, 280, 266, 411, 425, 426, 416, 436, 287, 367, 432, 422, 364, 430, 424, 394, 335)
 CHEEKS = _CHEEK_RIGHT + _CHEEK_LEFT
+# Of those, the ones under the eye and beside the nose hold still (the skin over the
+# cheekbone does not follow the jaw): the triangles between them and the eyes and nose
+# never move, and the warp skips them.
+CHEEKBONES = (117, 50, 36, 346, 280, 266)
 # The cheeks' spline: through the jaw line and the lower lip and corners (moving), and
 # the brows, nose and eyes and the face region's border (still).
 _CHEEK_MOVING = np.r_[0:17, 48, 54:60]
@@ -130,7 +136,7 @@ class DenseRig:
             for k, (a, b, wa, wb) in _ring_weights(full, index, name in LENS).items():
                 motion[k - 68] = 0.0
                 motion[k - 68, a], motion[k - 68, b] = wa, wb
-        cheeks = np.array([slot[v] - 68 for v in CHEEKS], np.intp)
+        cheeks = np.array([slot[v] - 68 for v in CHEEKS if v not in CHEEKBONES], np.intp)
         motion[cheeks] = _cheek_motion(landmarks, rest[cheeks], size)
         closure = tuple(
             _Closure.build(full, rings[f"lid_upper_{eye}"], rings[f"lid_lower_{eye}"])

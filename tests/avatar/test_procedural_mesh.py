@@ -41,7 +41,7 @@ from avatar.face.align import alignment_matrix, map_mesh, map_points
 from avatar.face.mesh import MESH_TO_68
 from avatar.face.prepare import prepare_photo
 from avatar.procedural import ProceduralGenerator, ProceduralOptions, render_clip
-from avatar.procedural.dense import CHEEKS, INNER_LOWER, INNER_UPPER, LIDS
+from avatar.procedural.dense import CHEEKBONES, CHEEKS, INNER_LOWER, INNER_UPPER, LIDS
 from avatar.synthetic import make_demo_avatar
 from avatar.types import PreparedAvatar
 from tests.avatar.warp_measures import (
@@ -164,7 +164,7 @@ def test_the_cheeks_follow_the_jaw_and_the_smile(photo):
     assert drop.max() <= delta[:, 1].max() and drop.min() >= -0.02 * delta[:, 1].max()
     chin = delta[8, 1]
     assert all(extra[index[v], 1] > 0.3 * chin for v in (210, 430))  # the jowls go with the jaw
-    assert all(abs(extra[index[v], 1]) < 0.05 * chin for v in (117, 346))  # under the eyes
+    assert not extra[[index[v] for v in CHEEKBONES]].any()  # under the eyes: still
     delta, extra = moves(r, [0.0, 1.0, 0.0, 0.0, 0.0])  # a smile's spread corners
     assert extra[index[57], 0] < 0.5 * delta[48, 0] < 0  # beside the corners, outwards
     assert extra[index[287], 0] > 0.5 * delta[54, 0] > 0
