@@ -178,6 +178,7 @@ def test_the_cheeks_follow_the_jaw_and_the_smile(photo):
 # ----------------------------------------------------------------- known lines
 
 
+@pytest.mark.slow  # about 5 s: each drawn face takes a second to paint
 def test_on_drawn_faces_the_interior_meets_the_true_lip_line(analyzers):
     """The faces avatar.synthetic draws have their lines by construction (splines through
     their own landmarks); both paths are measured against them."""
