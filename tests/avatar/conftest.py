@@ -7,9 +7,11 @@ import matplotlib.cbook
 import numpy as np
 import pytest
 import skimage.data
+import soundfile as sf
 
 from avatar.face import FaceAnalyzer, FaceOptions
 from avatar.face.images import read_image
+from tests.conftest import espeak_wav
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +42,14 @@ def analyzers() -> dict[str, FaceAnalyzer]:
             MediaPipeBackend.load(num_threads=1), None, FaceOptions(backend="mediapipe")
         ),
     }
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> tuple[np.ndarray, int]:
+    """About 3 s of espeak-ng speech (test_photo_mouth, test_procedural_mesh)."""
+    path = espeak_wav(
+        "I would like to hear a story about the sea, please.",
+        tmp_path_factory.mktemp("speech") / "story.wav",
+    )
+    pcm, rate = sf.read(path, dtype="float32")
+    return pcm, rate

@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from avatar.face.prepare import prepare_photo
 from avatar.procedural.generator import ProceduralOptions, render_clip
-from tests.conftest import espeak_wav
 
 BACKENDS = ["dlib", "mediapipe"]
 
@@ -24,17 +22,6 @@ def backend(request) -> str:
 @pytest.fixture(scope="module")
 def smiling(astronaut, analyzers, backend):
     return prepare_photo(astronaut, analyzers[backend], size=512)
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> tuple[np.ndarray, int]:
-    """About 3 s of espeak-ng speech."""
-    path = espeak_wav(
-        "I would like to hear a story about the sea, please.",
-        tmp_path_factory.mktemp("speech") / "story.wav",
-    )
-    pcm, rate = sf.read(path, dtype="float32")
-    return pcm, rate
 
 
 def mouth_box(landmarks: np.ndarray, pad: int = 6) -> tuple[slice, slice]:

@@ -35,7 +35,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import soundfile as sf
 
 from avatar.face.align import alignment_matrix, map_mesh, map_points
 from avatar.face.mesh import MESH_TO_68
@@ -54,7 +53,6 @@ from tests.avatar.warp_measures import (
     still,
     torn_pixels,
 )
-from tests.conftest import espeak_wav
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("LIKENESS_TEST_ARTIFACTS", REPO / "test-artifacts"))
@@ -209,16 +207,6 @@ def test_on_drawn_faces_the_interior_meets_the_true_lip_line(analyzers):
 # ------------------------------------------------------------------- contact sheet
 
 TILE, BAND = 256, 28
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> tuple[np.ndarray, int]:
-    path = espeak_wav(
-        "I would like to hear a story about the sea, please.",
-        tmp_path_factory.mktemp("speech") / "story.wav",
-    )
-    pcm, rate = sf.read(path, dtype="float32")
-    return pcm, rate
 
 
 def _cell(text: str, image: np.ndarray) -> np.ndarray:
