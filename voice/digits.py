@@ -1,7 +1,9 @@
 """Spoken-digit parsing for the consent check ("read these digits aloud").
 
 ``parse_digits`` turns what the recogniser wrote into the digit string the person
-spoke; ``digits_match`` compares it with the challenge. Both are pure functions.
+spoke; ``read_code`` does the same knowing the code that was asked for; ``digits_match``
+compares it with the challenge; ``draw_code`` draws a code that reads aloud clearly. All
+but ``draw_code`` are pure functions.
 
 What is understood:
 
@@ -18,8 +20,13 @@ Ambiguous words. Whisper often writes a homophone for a digit ("for", "fore", "t
 "too", "won", "ate", "free", "tree"). Such a word counts as a digit only when it sits
 *between* digits (a run of ambiguous words with a digit on both sides), so "my code is
 for you: four seven" gives "47" and "four for two" gives "442". At the edge of a digit run
-it is dropped: "to four seven nine" gives "479". That errs towards a mismatch, which the
-consent flow answers by asking again, never towards a false match. "oh"/"o" is also a
+it is dropped: "to four seven nine" gives "479". That errs towards a mismatch, never
+towards a false match. ``read_code`` knows the code, and reads such a word at the edge
+as its digit when only that reading gives the code ("For, 0, 7." for 407): a person
+who said "four" must not be refused because the recogniser wrote "for", and what Whisper
+tiny.en writes differs between CPUs (its int8 kernels do). A word that is no homophone
+is never read: tiny.en wrote "Far, 3, 3." for "four, three, three" here, and that stays
+a mismatch. "oh"/"o" is also a
 word ("Oh, four two"), so it counts when it is between digits or touches a digit or
 "double"/"triple" with no punctuation in between ("four oh two", "double oh seven").
 
@@ -30,6 +37,7 @@ not a digit, so a one-digit answer written among Chinese words is not read.
 
 from __future__ import annotations
 
+import random
 import re
 import unicodedata
 from collections.abc import Callable
@@ -95,6 +103,45 @@ def parse_digits(text: str) -> str:
     return "".join(_read_items(_resolve(_lex(text))))
 
 
+def read_code(text: str, code: str) -> str:
+    """The digits spoken in ``text``, read in the light of the ``code`` that was asked for.
+
+    Like :func:`parse_digits`, except that a homophone at the edge of the digits ("For,
+    0, 7.") counts as its digit when that reading, and only it, gives ``code``. So the
+    answer is ``code`` exactly when the person said it, and otherwise what
+    ``parse_digits`` heard (for the error message).
+
+    Args:
+        text: a transcript.
+        code: the digits asked for, ASCII ("407").
+    """
+    strict = parse_digits(text)
+    if strict == code:
+        return strict
+    lenient = "".join(_read_items(_resolve(_lex(text), edges=True)))
+    return lenient if lenient == code else strict
+
+
+def draw_code(rng: random.Random, count: int) -> str:
+    """``count`` random digits to read aloud, no digit the same as the one before it.
+
+    A run of one digit is where a recogniser miscounts: Whisper tiny.en wrote "7, 7, 7,
+    7." for "7, 7, 7." and "2, 10." for "2, 2." (3 of 150 groups of Piper speech wrong,
+    0 of 400 without such runs), and a person reading "4 4 4" aloud stumbles too. It
+    leaves 10 * 9**(count - 1) codes, enough for a fresh code (it proves a live answer,
+    it is no password).
+
+    Raises:
+        ValueError: ``count`` < 1.
+    """
+    if count < 1:
+        raise ValueError(f"draw_code: count must be at least 1, got {count}")
+    out = [rng.randrange(10)]
+    while len(out) < count:
+        out.append((out[-1] + 1 + rng.randrange(9)) % 10)
+    return "".join(map(str, out))
+
+
 def digits_match(expected: str, spoken_text: str) -> bool:
     """Tell whether the person said exactly the expected digits.
 
@@ -150,8 +197,11 @@ def _is_digitish(item: Item) -> bool:
     return item[0] in _NUMBER_KINDS or item[0] in (_K_LIT, _K_MULT)
 
 
-def _resolve(items: list[Item]) -> list[Item]:
-    """Turn ambiguous words into digits (``_K_UNIT``) or gaps, as the module doc says."""
+def _resolve(items: list[Item], edges: bool = False) -> list[Item]:
+    """Turn ambiguous words into digits (``_K_UNIT``) or gaps, as the module doc says.
+
+    ``edges``: a run of ambiguous words with a digit on one side only counts too.
+    """
     out = list(items)
     n = len(out)
     i = 0
@@ -164,7 +214,8 @@ def _resolve(items: list[Item]) -> list[Item]:
             j += 1
         left = next((out[k] for k in range(i - 1, -1, -1) if out[k] != (_K_GAP, ".")), None)
         right = out[j] if j < n else None
-        if left and right and _is_digitish(left) and _is_digitish(right):
+        sides = [x is not None and _is_digitish(x) for x in (left, right)]
+        if all(sides) or (edges and any(sides)):
             for k in range(i, j):
                 if out[k][0] in (_K_AMB, _K_OH):
                     out[k] = (_K_UNIT, out[k][1])

@@ -53,7 +53,7 @@ from consent.ceremony.observe import FaceTracker, FrameObs, keyframe
 from consent.ceremony.plan import CeremonyPlan, Prompt
 from consent.ceremony.points import Answer, CeremonyOptions, Evidence, depths_of, judge, light_of
 from consent.liveness.verify import LivenessResult, Point
-from voice.digits import parse_digits
+from voice.digits import read_code
 from voice.vad import SAMPLE_RATE, SileroVAD, SpeechStarted, TurnDetector, TurnEnded
 
 POINTS = (
@@ -283,7 +283,7 @@ class Ceremony:
             s.speech = (start, end)
             pcm = event.audio.pcm
             s.transcript = self._transcribe(pcm)
-            s.heard = parse_digits(s.transcript)
+            s.heard = read_code(s.transcript, s.prompt.digits)
             s.envelope = _envelope(pcm, self._audio_origin + event.audio.pts)
             s.done_at = end
 

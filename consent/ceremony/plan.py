@@ -22,6 +22,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Literal
 
+from voice.digits import draw_code
+
 Kind = Literal["flash", "digits", "turn"]
 Turn = Literal["left", "right"]
 
@@ -194,7 +196,7 @@ def plan_ceremony(
     colors, durations = flash_sequence(nonce)
     prompts.append(Prompt(0, "flash", colors=colors, durations_ms=durations))
     for size in sizes:
-        code = "".join(str(rng.randrange(10)) for _ in range(size))
+        code = draw_code(rng, size)
         prompts.append(Prompt(len(prompts), "digits", digits=code))
     while True:
         order = [rng.choice(("left", "right")) for _ in range(turns)]

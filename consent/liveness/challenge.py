@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from voice.digits import draw_code
+
 Turn = Literal["left", "right"]
 MIN_TTL_S = 60.0
 MAX_TTL_S = 120.0
@@ -85,7 +87,7 @@ def issue_challenge(
     if not 2 <= turns <= 5:
         raise ValueError(f"issue_challenge: turns must be 2..5, got {turns}")
     count = rng.randint(low, high)
-    code = "".join(str(rng.randrange(10)) for _ in range(count))
+    code = draw_code(rng, count)
     while True:
         order = tuple(rng.choice(("left", "right")) for _ in range(turns))
         if len(set(order)) == 2:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from voice.digits import digits_match, parse_digits
+from voice.digits import digits_match, draw_code, parse_digits, read_code
 
 
 @pytest.mark.parametrize(
@@ -176,3 +178,36 @@ def test_digits_match(expected: str, spoken: str, result: bool) -> None:
 def test_digits_match_rejects_a_challenge_without_digits(expected: str) -> None:
     with pytest.raises(ValueError, match="expected digits"):
         digits_match(expected, "four")
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "heard"),
+    [
+        ("For, 0, 7.", "407", "407"),
+        ("4, 0, to.", "402", "402"),
+        ("To four seven.", "247", "247"),
+        ("Four seven nine.", "479", "479"),
+        # The cheapest wrong answers: the lenient reading helps only the code itself.
+        ("For, 0, 7.", "07", "07"),
+        ("For, 0, 7.", "447", "07"),
+        ("Far, 0, 7.", "407", "07"),  # no homophone: never read as 4
+        ("For you, 0, 7.", "407", "07"),  # a word between: not at the edge
+        ("The code is for you.", "4", ""),
+        ("", "407", ""),
+    ],
+)
+def test_read_code_reads_a_homophone_at_the_edge_only_as_the_code(
+    text: str, code: str, heard: str
+) -> None:
+    assert read_code(text, code) == heard
+
+
+def test_draw_code_never_repeats_a_digit_and_uses_all_ten() -> None:
+    rng = random.Random(0)
+    codes = [draw_code(rng, 3) for _ in range(2000)]
+    assert all(len(c) == 3 and c[0] != c[1] and c[1] != c[2] for c in codes)
+    assert {c[0] for c in codes} == set("0123456789")
+    follows = {c[1] for c in codes if c[0] == "4"}
+    assert follows == set("012356789")
+    with pytest.raises(ValueError, match="at least 1"):
+        draw_code(rng, 0)
