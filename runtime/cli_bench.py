@@ -51,8 +51,8 @@ def bench_consent(
     jobs: Annotated[int, typer.Option(min=1, max=32, help="worker processes")] = 1,
     seed: Annotated[int, typer.Option(help="varies plans, timings and noise")] = 0,
     face_backend: Annotated[
-        str, typer.Option(help="--attacks: the face backend that judges (dlib, mediapipe)")
-    ] = "dlib",
+        str, typer.Option(help="--attacks: the face backend that judges (mediapipe, dlib)")
+    ] = "mediapipe",
 ) -> None:
     """Time to verify one liveness clip; with --attacks, the live ceremony's attack suite."""
     from avatar.face import BACKENDS

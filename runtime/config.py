@@ -149,7 +149,10 @@ class AvatarConfig(_Section):
     seed: int = Field(0, ge=0, description="neural: noise seed (chunks derive theirs from it)")
     fps: float = Field(25.0, ge=5, le=60)
     sway: float = Field(1.0, ge=0, le=3, description="head sway amplitude; 0 = still")
-    landmarks: str = Field("dlib", description="landmark backend")
+    landmarks: str = Field(
+        "mediapipe",
+        description='face landmark backend: "mediapipe" (Apache-2.0), "dlib" (not commercial)',
+    )
     multiple_faces: Literal["largest", "refuse"] = "largest"
     min_face_px: int = Field(80, ge=20, le=2000, description="smaller faces are refused")
     max_abs_yaw_deg: float = Field(40.0, ge=5, le=90, description="more turned = profile")

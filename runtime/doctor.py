@@ -105,15 +105,19 @@ def _faces(settings: Settings) -> list[Check]:
     from avatar.face.registry import available_backends
 
     checks = []
+    hints = {
+        "mediapipe": "make setup (it fetches and checks the two face models)",
+        "dlib": "pip install dlib-bin face-recognition-models",
+    }
     for name, status in available_backends().items():
         ok = status.startswith("ready")
-        required = name == settings.avatar.landmarks
+        active = name == settings.avatar.landmarks
         checks.append(
             Check(
-                f"face: {name} landmarks",
-                "ok" if ok else ("fail" if required else "warn"),
+                f"face: {name} landmarks" + (" (active)" if active else ""),
+                "ok" if ok else ("fail" if active else "warn"),
                 status,
-                "" if ok else "pip install dlib-bin face-recognition-models",
+                "" if ok else hints.get(name, ""),
             )
         )
     return checks

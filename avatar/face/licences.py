@@ -1,9 +1,11 @@
 """Licence of every face component, for ``likeness doctor`` or an operator's notice.
 
-Print :data:`LICENCES` before deploying: the default 68-point landmark model may not be
-used in a commercial product (see ``"dlib"``).
+Print :data:`LICENCES` before deploying. The default landmark backend, ``"mediapipe"``,
+is Apache-2.0; the optional ``"dlib"`` backend's 68-point model may not be used in a
+commercial product. The identity embedding (``"dlib-5point"``, ``"dlib-embedding"``) is
+used with either.
 
-MediaPipe (``"mediapipe"``, optional for now): the ``mediapipe`` wheels 1.2.2 and 0.10.35
+MediaPipe (``"mediapipe"``, the default): the ``mediapipe`` wheels 1.2.2 and 0.10.35
 ship no face model (their Tasks API downloads ``face_landmarker.task`` at run time, which
 this project does not do). The last wheel that bundled the face models, 0.10.21, requires
 ``numpy<2`` and is never installed: set-up downloads it with ``--no-deps``, takes the two

@@ -31,8 +31,8 @@ class FaceOptions:
             face scores about 1; spurious hits on textures score about 0.1; "mediapipe"
             returns probabilities from 0.5, a clear face about 0.9).
         backend: name of the detection + landmark backend (see ``avatar.face.registry``):
-            "dlib" (default; its 68-point model is not for commercial use) or "mediapipe"
-            (Apache-2.0; needs the models ``make setup`` fetches).
+            "mediapipe" (default; Apache-2.0; needs the models ``make setup`` fetches) or
+            "dlib" (optional; its 68-point model is not for commercial use).
     """
 
     max_side: int = 1600
@@ -41,7 +41,7 @@ class FaceOptions:
     max_abs_yaw_deg: float = 40.0
     upsample: int = 1
     min_score: float = 0.3
-    backend: str = "dlib"
+    backend: str = "mediapipe"
 
     def __post_init__(self) -> None:
         if self.max_side < 64:

@@ -1,9 +1,9 @@
 """Build a face detection + landmark backend by name.
 
-Names: "dlib" (the default: HOG detector + 68-point shape predictor; not for commercial
-use, see :data:`avatar.face.licences.LICENCES`) and "mediapipe" (optional: BlazeFace and
-the 468-point face mesh on LiteRT, Apache-2.0; its two model files are fetched by
-``make setup``, see :mod:`avatar.face.mediapipe_models`).
+Names: "mediapipe" (the default: BlazeFace and the 468-point face mesh on LiteRT,
+Apache-2.0; its two model files are fetched by ``make setup``, see
+:mod:`avatar.face.mediapipe_models`) and "dlib" (optional: HOG detector + 68-point shape
+predictor; not for commercial use, see :data:`avatar.face.licences.LICENCES`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import importlib.util
 from avatar.errors import AvatarError, ModelNotFoundError
 from avatar.face.base import LandmarkBackend
 
-BACKENDS = ("dlib", "mediapipe")
+BACKENDS = ("mediapipe", "dlib")
 
 
 class UnknownBackendError(AvatarError, ValueError):
@@ -52,7 +52,7 @@ def available_backends() -> dict[str, str]:
     Returns:
         name -> a line starting with "ready" or "unavailable:", for a doctor command.
     """
-    return {"dlib": _dlib_status(), "mediapipe": _mediapipe_status()}
+    return {"mediapipe": _mediapipe_status(), "dlib": _dlib_status()}
 
 
 def _dlib_status() -> str:

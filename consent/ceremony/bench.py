@@ -45,9 +45,9 @@ def _load(backend: str) -> dict[str, Any]:
     return {"analyzer": _MODELS[backend], "asr": _MODELS["asr"]}
 
 
-def run_one(kind: str, index: int, seed: int = 0, backend: str = "dlib") -> dict[str, Any]:
+def run_one(kind: str, index: int, seed: int = 0, backend: str = "mediapipe") -> dict[str, Any]:
     """One ceremony: ``kind`` "bona_fide" or an attack class, against persona ``index``,
-    judged with the face backend ``backend`` ("dlib" or "mediapipe").
+    judged with the face backend ``backend`` ("mediapipe" or "dlib").
 
     Returns the outcome, the failed points and the measured figures (no pixels).
     """
@@ -127,7 +127,7 @@ def bench_attacks(
     seed: int = 0,
     jobs: int = 1,
     on_run: Callable[[dict[str, Any]], None] | None = None,
-    backend: str = "dlib",
+    backend: str = "mediapipe",
 ) -> dict[str, Any]:
     """Run ``bona_fide`` genuine ceremonies and ``per_class`` attacks of each class.
 
@@ -138,7 +138,7 @@ def bench_attacks(
         seed: varies plans, timings and noise.
         jobs: worker processes.
         on_run: called with each run's figures as it finishes (a progress bar).
-        backend: the face backend that judges ("dlib" or "mediapipe").
+        backend: the face backend that judges ("mediapipe" or "dlib").
 
     Returns:
         ``{"metrics": {...}, "classes": {...}, "bona_fide": {...}, "runs": [...]}``.

@@ -52,7 +52,7 @@ from consent.ceremony.light import LightResult
 from consent.ceremony.observe import FaceTracker, FrameObs, keyframe
 from consent.ceremony.plan import CeremonyPlan, Prompt
 from consent.ceremony.points import Answer, CeremonyOptions, Evidence, depths_of, judge, light_of
-from consent.liveness.verify import LivenessResult, Point
+from consent.liveness.result import LivenessResult, Point
 from voice.digits import read_code
 from voice.vad import SAMPLE_RATE, SileroVAD, SpeechStarted, TurnDetector, TurnEnded
 

@@ -58,7 +58,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import SessionDescription
 
 from consent.ceremony.plan import Prompt
-from consent.liveness.verify import LivenessResult
+from consent.liveness.result import LivenessResult
 
 if TYPE_CHECKING:
     from consent.enrolment import OpenCeremony

@@ -20,7 +20,7 @@ from consent.ceremony.depth import DepthOptions, explain_turn
 from consent.ceremony.light import LightOptions, LightResult, check_light
 from consent.ceremony.observe import FrameObs
 from consent.ceremony.plan import CeremonyPlan, Prompt
-from consent.liveness.verify import Point, sentence
+from consent.liveness.result import Point, sentence
 from voice.vad import VADOptions
 
 

@@ -22,7 +22,7 @@ import soxr
 
 from consent.ceremony.engine import Ceremony, CeremonyOptions
 from consent.ceremony.plan import CeremonyPlan, Prompt
-from consent.liveness.verify import LivenessResult
+from consent.liveness.result import LivenessResult
 
 RATE = 16_000
 

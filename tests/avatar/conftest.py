@@ -37,7 +37,7 @@ def analyzers() -> dict[str, FaceAnalyzer]:
     from avatar.face.mediapipe_backend import MediaPipeBackend
 
     return {
-        "dlib": FaceAnalyzer(DlibBackend.load(), None, FaceOptions()),
+        "dlib": FaceAnalyzer(DlibBackend.load(), None, FaceOptions(backend="dlib")),
         "mediapipe": FaceAnalyzer(
             MediaPipeBackend.load(num_threads=1), None, FaceOptions(backend="mediapipe")
         ),

@@ -53,7 +53,7 @@ def analyzer(backend) -> FaceAnalyzer:
 
 @pytest.fixture(scope="module")
 def dlib_analyzer() -> FaceAnalyzer:
-    return FaceAnalyzer(DlibBackend.load(), None, FaceOptions())
+    return FaceAnalyzer(DlibBackend.load(), None, FaceOptions(backend="dlib"))
 
 
 @pytest.fixture(params=["astronaut", "hopper", "astronaut2x"])

@@ -111,6 +111,13 @@ def test_doctor_reports_a_ready_cpu_machine():
     ):
         assert checks[name]["status"] == "ok", checks[name]
     assert all(c["fix"] for c in checks.values() if c["status"] != "ok")
+    # The default face stack may ship commercially, and doctor says so and which is on.
+    active = checks["face: mediapipe landmarks (active)"]
+    assert active["status"] == "ok" and "Apache-2.0" in active["detail"], active
+    assert "not for commercial use" in checks["face: dlib landmarks"]["detail"]
+    dlib = run("doctor", "--json", env={"LIKENESS_AVATAR__LANDMARKS": "dlib"})
+    names = {c["name"] for c in json.loads(dlib.stdout)}
+    assert {"face: dlib landmarks (active)", "face: mediapipe landmarks"} <= names
     table = run("doctor")
     assert "likeness doctor" in table.stdout and "model: whisper tiny.en" in table.stdout
 

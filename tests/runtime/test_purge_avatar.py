@@ -1,8 +1,8 @@
 """A purged face leaves no prepared avatar behind: revoke, ``consent sweep``, the server's sweep.
 
-Real parts: the astronaut photo prepared with dlib, the SQLite store under the data
-dir opened the way the runtime opens it (``components.consent_gate``), the CLI and the
-server as processes.
+Real parts: the astronaut photo prepared with the default face backend, the SQLite
+store under the data dir opened the way the runtime opens it
+(``components.consent_gate``), the CLI and the server as processes.
 """
 
 from __future__ import annotations
