@@ -211,3 +211,39 @@ def bench_turns(
             markup=False,
             highlight=False,
         )
+
+
+@bench_app.command("conversation")
+@handle_errors
+def bench_conversation(
+    json_path: Annotated[Path | None, typer.Option("--json", help="write the figures here")] = None,
+    short: Annotated[bool, typer.Option("--short", help="only the CI's handful")] = False,
+    eldercare: Annotated[
+        bool | None, typer.Option("--eldercare/--no-eldercare", help="default: as configured")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(min=0, max=2, help="default: dialogue.temperature")
+    ] = None,
+) -> None:
+    """Conversation quality: scripted exchanges, fixed checks, pass rates per check/situation."""
+    from runtime.bench_conversation import bench_conversation as run
+    from runtime.convsuite.exchanges import exchanges
+    from runtime.convsuite.runner import check_rows, situation_rows
+
+    settings = state.load()
+    with counting_progress() as progress:
+        task = progress.add_task("exchanges", total=len(exchanges(short)))
+        result = run(
+            settings,
+            short=short,
+            eldercare=eldercare,
+            temperature=temperature,
+            on_exchange=lambda _result: progress.advance(task),
+        )
+    config = result["config"]
+    title = f"{config['backend']} ({config['model']}), temperature {config['temperature']}"
+    print_table(f"checks: {title}", ["check", "exchanges passed", "rate"],
+                check_rows(result["summary"]))  # fmt: skip
+    print_table("situations", ["situation", "exchanges passed", "rate", "failing checks"],
+                situation_rows(result["summary"]))  # fmt: skip
+    write_bench("conversation", result, json_path)
