@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ async def run_conversation_bench(
     short: bool = False,
     eldercare: bool | None = None,
     temperature: float | None = None,
+    guard: bool = True,
     on_exchange: Callable[[ExchangeResult], None] | None = None,
 ) -> dict[str, Any]:
     """Run the suite; the result has ``metrics`` (flat), ``summary`` and ``exchanges``.
@@ -73,6 +75,8 @@ async def run_conversation_bench(
         short: only the CI's handful of exchanges.
         eldercare: force ``persona.eldercare`` on or off (None: as configured).
         temperature: override ``dialogue.temperature`` (None: as configured).
+        guard: False turns the reply guard off (``ConversationOptions.guard``): the
+            model alone.
         on_exchange: called after each exchange (progress).
 
     Raises:
@@ -86,6 +90,8 @@ async def run_conversation_bench(
         backend = await _load_backend(s)
         try:
             conversation = components.conversation(s, backend)
+            if not guard:
+                conversation.options = replace(conversation.options, guard=False)
             await conversation.warm()  # as Companion.load() does: the persona alone
             detector = components.distress_detector(s)
             results = await run_suite(conversation, chosen, detector, on_exchange)
@@ -117,6 +123,7 @@ async def run_conversation_bench(
                 "max_sentences": p.max_sentences,
             },  # fmt: skip
             "short": short,
+            "guard": guard,
         },
         "metrics": metrics,
         "summary": summary,

@@ -224,6 +224,7 @@ def bench_conversation(
     temperature: Annotated[
         float | None, typer.Option(min=0, max=2, help="default: dialogue.temperature")
     ] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="no reply guard: the model alone")] = False,
 ) -> None:
     """Conversation quality: scripted exchanges, fixed checks, pass rates per check/situation."""
     from runtime.bench_conversation import bench_conversation as run
@@ -238,10 +239,13 @@ def bench_conversation(
             short=short,
             eldercare=eldercare,
             temperature=temperature,
+            guard=not raw,
             on_exchange=lambda _result: progress.advance(task),
         )
     config = result["config"]
-    title = f"{config['backend']} ({config['model']}), temperature {config['temperature']}"
+    title = f"{config['backend']} ({config['model']}), temperature {config['temperature']}" + (
+        "" if config["guard"] else ", no guard"
+    )
     print_table(f"checks: {title}", ["check", "exchanges passed", "rate"],
                 check_rows(result["summary"]))  # fmt: skip
     print_table("situations", ["situation", "exchanges passed", "rate", "failing checks"],

@@ -15,6 +15,12 @@ What is remembered is what the person heard:
 * after a barge-in, :meth:`Conversation.record_played` shrinks the stored reply
   to what the speaker actually played.
 
+Every reply is held to the hard rules (:mod:`runtime.dialogue.guard`, unless
+``ConversationOptions.guard`` is off): the persona's name, no claim to be a real
+person, no role-play talk, no doses; a piece that breaks one is never said, so never
+remembered either, and the history stays clean. When the person sounds in distress,
+the reply begins with the guard's caring words that point to help.
+
 Turn time stays flat: when the backend can warm prompts
 (:class:`~runtime.dialogue.base.PromptWarming`), every change of a person's history
 is followed by a background warming of the next prompt's known part (persona and
@@ -38,8 +44,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from runtime.dialogue.base import DialogueBackend, GenerationOptions, Message, PromptWarming
+from runtime.dialogue.guard import ReplyGuard
 from runtime.errors import ConfigError, DialogueError
-from voice.sentences import CLOSERS, SOFT_BREAKS, SentenceCutter
+from runtime.safety import DistressDetector
+from voice.sentences import CLOSERS, SOFT_BREAKS, SentenceCutter, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +266,17 @@ class ConversationOptions:
             first comma after this many characters, so its first clause is spoken while
             the model still writes the rest (it does not count as a sentence of
             ``Persona.max_sentences``). None: whole sentences only.
+        guard: hold every reply to the hard rules (:mod:`runtime.dialogue.guard`): the
+            persona's name, no claim to be a real person, no role-play talk, no doses,
+            and caring words that point to help when the person sounds in distress.
+            False: the model's words as they come (to measure the model alone).
     """
 
     generation: GenerationOptions = field(default_factory=GenerationOptions)
     attempts: int = 2
     retry_delay_s: float = 0.25
     first_clause_chars: int | None = None
+    guard: bool = True
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
@@ -282,6 +295,8 @@ class Conversation:
         persona: who is speaking.
         memory: where each person's history lives.
         options: generation and retry options.
+        detector: the distress detector whose alerts begin a reply with caring words
+            (``options.guard``); None: the default phrases.
     """
 
     def __init__(
@@ -290,11 +305,14 @@ class Conversation:
         persona: Persona,
         memory: ConversationMemory,
         options: ConversationOptions | None = None,
+        *,
+        detector: DistressDetector | None = None,
     ) -> None:
         self.backend = backend
         self.persona = persona
         self.memory = memory
         self.options = options or ConversationOptions()
+        self.guard = ReplyGuard(persona.name, eldercare=persona.eldercare, detector=detector)
         self._warming: asyncio.Task[None] | None = None
         if isinstance(backend, PromptWarming):
             forget = memory.on_forget
@@ -368,21 +386,36 @@ class Conversation:
         """
         messages = self.prompt(person_id, user_text)
         limit = self.persona.max_sentences
+        guard = self.guard if self.options.guard else None
         spoken: list[str] = []
+
+        def full() -> bool:
+            return limit is not None and sum(1 for s in spoken if _ends_sentence(s)) >= limit
+
         try:
+            opening = guard.opening(user_text) if guard is not None else None
+            for sentence in split_sentences(opening or ""):
+                spoken.append(sentence)
+                yield sentence
+                if full():
+                    return
+            opened = len(spoken)
             for attempt in range(1, self.options.attempts + 1):
                 try:
-                    sentences_of = self._sentences(messages, person_id)
-                    async with contextlib.aclosing(sentences_of) as sentences:
+                    answer = self._answer(messages, person_id, guard, opened > 0)
+                    async with contextlib.aclosing(answer) as sentences:
                         async for sentence in sentences:
                             spoken.append(sentence)
                             yield sentence
-                            ended = sum(1 for s in spoken if _ends_sentence(s))
-                            if limit is not None and ended >= limit:
+                            if full():
                                 return
                     return
                 except DialogueError as exc:
-                    if spoken or not exc.retryable or attempt >= self.options.attempts:
+                    if (
+                        len(spoken) > opened
+                        or not exc.retryable
+                        or attempt >= self.options.attempts
+                    ):
                         raise
                     log.warning(
                         "dialogue: %s failed before any sentence (%s); retry %d of %d",
@@ -405,6 +438,38 @@ class Conversation:
         except OSError:
             log.exception("memory: could not store what %s heard", person_id)
         self._warm_later(person_id)
+
+    async def _answer(
+        self, messages: list[Message], person_id: str, guard: ReplyGuard | None, opened: bool
+    ) -> AsyncIterator[str]:
+        """The model's sentences, held to ``guard``'s rules: pieces that break one are
+        dropped; when none is left, the model is asked once more with a reminder, and
+        then the guard's fallback is said (unless the reply ``opened`` with the guard's
+        distress words: they are the answer then)."""
+        if guard is None:
+            async with contextlib.aclosing(self._sentences(messages, person_id)) as sentences:
+                async for sentence in sentences:
+                    yield sentence
+            return
+        reminder = [*messages, Message("system", guard.reminder())]
+        for prompt in (messages,) if opened else (messages, reminder):
+            keep = guard.pieces()
+            kept = 0
+            async with contextlib.aclosing(self._sentences(prompt, person_id)) as sentences:
+                async for sentence in sentences:
+                    said = keep(sentence)
+                    if said is not None:
+                        kept += 1
+                        yield said
+            if kept:
+                return
+            log.info(
+                "dialogue: nothing of the reply kept the rules; %s",
+                "asking again" if prompt is messages else "saying the fallback",
+            )
+        if not opened:
+            for sentence in split_sentences(guard.fallback()):
+                yield sentence
 
     async def _sentences(self, messages: list[Message], person_id: str) -> AsyncIterator[str]:
         cutter = SentenceCutter(min_first_chars=self.options.first_clause_chars)

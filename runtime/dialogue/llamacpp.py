@@ -52,7 +52,9 @@ class LlamaCppOptions:
         n_ctx: context window in tokens (prompt + reply).
         n_threads: CPU threads for generation; None uses :func:`default_threads`.
         n_gpu_layers: layers offloaded to a GPU (needs a GPU build of llama-cpp-python).
-        seed: sampling seed; None picks a random one.
+        seed: sampling seed: every reply samples from it, so a reply does not depend on
+            the ones before it (reproducible benchmarks); None: a random one, moving on
+            with every reply.
         chat_format: llama-cpp-python chat format name; None uses the GGUF's template.
         state_cache_mb: most memory for saved per-person prompt states (KV, ~23 KB a
             token with SmolLM2-135M: ~14 MB for a 12-message history, 47 MB for a full
@@ -408,6 +410,7 @@ class LlamaCppChat:
             max_tokens=min(options.max_tokens, room - 1),
             temperature=options.temperature,
             stop=[*stops, *options.stop] or None,
+            seed=self.options.seed,
         )
         first = True
         try:
