@@ -15,8 +15,8 @@ What they miss, on purpose or not:
   story is not a claim. A capitalised word after "I'm" that is no name ("I'm Sorry")
   is skipped through :data:`NOT_NAMES`.
 - Real person: a claim in so many words ("I am a real person", "I'm not an AI",
-  "I'm your daughter", "I was born", "my husband", "I am 40 years old"). A human life
-  told in other words is missed.
+  "I'm your daughter", "I'm Sarah, your daughter", "I was born", "my husband",
+  "I am 40 years old"). A human life told in other words is missed.
 - Meta talk: the phrases in :data:`META_PATTERNS` (language model, role-play, game,
   script, prompt, chat-template tokens, stage directions in asterisks).
 - Dosing: an amount with a unit or a pill word ("500 mg", "two tablets", "double the
@@ -58,7 +58,8 @@ _REAL_PERSON = tuple(
         r"\bI(?:'m| am) (?:really |truly |actually )?(?:real|human|alive)\b",
         r"\bI(?:'m| am) not (?:an? )?(?:AI|A\.I\.|robot|computer|machine|program|bot|chatbot|"
         r"artificial)\b",
-        r"\bI(?:'m| am) (?:really |actually |truly )?your (?:own )?" + _RELATIVES + r"\b",
+        r"\bI(?:'m| am) (?:(?!(?:not|never|no)\b)\w+, )?(?:really |actually |truly )?"
+        r"your (?:own |dear )?" + _RELATIVES + r"\b",
         r"\bit(?:'s| is) (?:me,? )?your " + _RELATIVES + r"\b",
         r"\bI(?:'m| am) \d+ years old\b",
         r"\bI (?:was born|grew up)\b",
