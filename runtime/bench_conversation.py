@@ -104,6 +104,7 @@ async def run_conversation_bench(
         "turn_check_pass_rate": summary["overall"]["turn_check_rate"],
         **{f"{check}_rate": row["rate"] for check, row in summary["checks"].items()},
         "reply_p50_s": summary["overall"]["reply_p50_s"],
+        "errors": summary["overall"]["errors"],
     }
     d, p = s.dialogue, s.persona
     return {

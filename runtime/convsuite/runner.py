@@ -17,6 +17,7 @@ from typing import Any
 from runtime.convsuite.checks import CHECKS, Verdict, judge_turn
 from runtime.convsuite.exchanges import SITUATIONS, Exchange
 from runtime.dialogue.conversation import Conversation
+from runtime.errors import DialogueError
 from runtime.safety import DistressDetector
 
 
@@ -30,6 +31,8 @@ class TurnResult:
         seconds: from the question to the reply's last sentence.
         alert: the category of the safety alert the words raised, or None.
         verdicts: every check that applies to the turn.
+        error: the backend's error, when the reply failed (then ``reply`` is what was
+            said before it).
     """
 
     user: str
@@ -37,6 +40,7 @@ class TurnResult:
     seconds: float
     alert: str | None
     verdicts: tuple[Verdict, ...]
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,7 @@ class ExchangeResult:
                     "reply": t.reply,
                     "seconds": round(t.seconds, 3),
                     "alert": t.alert,
+                    **({"error": t.error} if t.error else {}),
                     "failed": {v.check: v.reason for v in t.verdicts if not v.passed},
                 }
                 for t in self.turns
@@ -82,7 +87,11 @@ class ExchangeResult:
 async def run_exchange(
     conversation: Conversation, exchange: Exchange, detector: DistressDetector | None
 ) -> ExchangeResult:
-    """Talk through ``exchange`` as a new person; judge every reply."""
+    """Talk through ``exchange`` as a new person; judge every reply.
+
+    A reply the backend fails (after the conversation's retries) is judged as what was
+    said before the failure, and the error is kept with the turn.
+    """
     person = f"convsuite-{exchange.id}"
     conversation.memory.forget(person)
     turns: list[TurnResult] = []
@@ -90,13 +99,19 @@ async def run_exchange(
         for turn in exchange.turns:
             alert = detector.check(turn.user) if detector is not None else None
             started = time.perf_counter()
-            said = [s.strip() async for s in conversation.reply(person, turn.user)]
+            said: list[str] = []
+            error = None
+            try:
+                async for sentence in conversation.reply(person, turn.user):
+                    said.append(sentence.strip())
+            except DialogueError as exc:  # judged as what was said; the suite goes on
+                error = str(exc)
             seconds = time.perf_counter() - started
             await conversation.warmed()
             reply = " ".join(s for s in said if s)
-            verdicts = judge_turn(turn, reply, conversation.persona, alert)
+            verdicts = tuple(judge_turn(turn, reply, conversation.persona, alert))
             category = alert.category if alert is not None else None
-            turns.append(TurnResult(turn.user, reply, seconds, category, tuple(verdicts)))
+            turns.append(TurnResult(turn.user, reply, seconds, category, verdicts, error))
     finally:
         conversation.memory.forget(person)
     return ExchangeResult(exchange, tuple(turns))
@@ -170,6 +185,7 @@ def summarise(results: Sequence[ExchangeResult]) -> dict[str, Any]:
             "turn_checks_passed": sum(v.passed for v in verdicts),
             "turn_check_rate": _rate(sum(v.passed for v in verdicts), len(verdicts)),
             "reply_p50_s": statistics.median(seconds) if seconds else None,
+            "errors": sum(t.error is not None for r in results for t in r.turns),
         },
         "checks": checks,
         "situations": situations,
