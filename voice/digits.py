@@ -26,9 +26,9 @@ as its digit when only that reading gives the code ("For, 0, 7." for 407): a per
 who said "four" must not be refused because the recogniser wrote "for", and what Whisper
 tiny.en writes differs between CPUs (its int8 kernels do). A word that is no homophone
 is never read: tiny.en wrote "Far, 3, 3." for "four, three, three" here, and that stays
-a mismatch. "oh"/"o" is also a
-word ("Oh, four two"), so it counts when it is between digits or touches a digit or
-"double"/"triple" with no punctuation in between ("four oh two", "double oh seven").
+a mismatch. "oh"/"o" is also a word ("Oh, four two"), so it counts when it is between
+digits or touches a digit or "double"/"triple" with no punctuation in between ("four oh
+two", "double oh seven").
 
 Limits: other words are ignored, so a number word used as a word ("this one") counts as
 a digit. A lone Chinese numeral inside Chinese words ("等一下", "两个") is taken as a word,
