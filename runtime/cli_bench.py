@@ -51,7 +51,7 @@ def bench_consent(
     jobs: Annotated[int, typer.Option(min=1, max=32, help="worker processes")] = 1,
     seed: Annotated[int, typer.Option(help="varies plans, timings and noise")] = 0,
     face_backend: Annotated[
-        str, typer.Option(help="--attacks: the face backend that judges (mediapipe, dlib)")
+        str, typer.Option(help="the face backend that judges (mediapipe, dlib)")
     ] = "mediapipe",
 ) -> None:
     """Time to verify one liveness clip; with --attacks, the live ceremony's attack suite."""
@@ -59,21 +59,21 @@ def bench_consent(
     from runtime.bench import machine_info
 
     state.load()
+    if face_backend not in BACKENDS:
+        raise InputError(f"unknown face backend {face_backend!r}; known: {', '.join(BACKENDS)}")
     if attacks:
-        if face_backend not in BACKENDS:
-            raise InputError(f"unknown face backend {face_backend!r}; known: {', '.join(BACKENDS)}")
         options = (bona_fide, per_class, only, jobs, seed, face_backend)
         _bench_attacks(json_path, *options, machine_info())
         return
     from consent.liveness.bench import bench_liveness
 
-    metrics = bench_liveness(seconds=seconds)
+    metrics = bench_liveness(seconds=seconds, backend=face_backend)
     write_bench(
         "consent",
         {
             "bench": "consent",
             "machine": machine_info(),
-            "config": {"seconds": seconds},
+            "config": {"seconds": seconds, "face_backend": face_backend},
             "metrics": metrics,
         },
         json_path,

@@ -13,21 +13,21 @@ import tempfile
 import time
 from pathlib import Path
 
-from avatar.face import FaceAnalyzer
+from avatar.face import FaceAnalyzer, FaceOptions
 from consent.liveness.challenge import InMemoryNonceBook, issue_challenge
 from consent.liveness.testclips import make_clip, reference_photo
 from consent.liveness.verify import load_asr, verify_clip
 
 
-def bench_liveness(seconds: float = 20.0, seed: int = 0) -> dict:
-    """Verify one synthetic clip of ``seconds`` and time it.
+def bench_liveness(seconds: float = 20.0, seed: int = 0, backend: str = "mediapipe") -> dict:
+    """Verify one synthetic clip of ``seconds`` with the face ``backend`` and time it.
 
     Returns:
         ``{"clip_seconds", "render", "load", "decode", "faces", "embed", "asr",
         "total", "passed"}``; times in seconds, ``total`` is the whole verify call.
     """
     t0 = time.perf_counter()
-    analyzer = FaceAnalyzer.load()
+    analyzer = FaceAnalyzer.load(FaceOptions(backend=backend))
     asr = load_asr()
     photo = reference_photo(seed)
     reference = analyzer.embed(photo, analyzer.analyze(photo))

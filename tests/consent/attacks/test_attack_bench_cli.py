@@ -35,3 +35,10 @@ def test_unknown_attack_class_is_refused_by_name():
     result = run("bench", "consent", "--attacks", "--only", "hologram")
     assert result.returncode == 2
     assert "hologram" in result.stderr and "still_photo" in result.stderr
+
+
+def test_unknown_face_backend_is_refused_by_name_in_both_modes():
+    for mode in ((), ("--attacks",)):
+        result = run("bench", "consent", *mode, "--face-backend", "insightface")
+        assert result.returncode == 2, result.stderr
+        assert "insightface" in result.stderr and "mediapipe" in result.stderr
