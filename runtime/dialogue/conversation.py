@@ -83,15 +83,23 @@ class Persona:
 
 
 def system_prompt(persona: Persona) -> str:
-    """The system message that sets up ``persona`` for the model."""
+    """The system message that sets up ``persona`` for the model.
+
+    Short, with the persona's facts and a two-turn example of keeping the name and not
+    pretending to be someone else: with SmolLM2-135M this kept the name in 43 of 44
+    exchanges of ``likeness bench conversation`` where the longer rules-only prompt
+    kept it in 38 (docs/conversation.md). The example lives in the system message, so
+    the persona's prompt stays one shared, warmable system message.
+    """
     language = _LANGUAGES.get(persona.language, f"the language with code '{persona.language}'")
+    name = persona.name
     lines = [
-        f"You are {persona.name}, a companion who talks with people face to face in a video call.",
+        f"You are {name}, an AI companion who talks with people face to face in a video call.",
+        f"Your name is {name}. You are not a human, and not anyone's relative or friend from "
+        "the past; never pretend to be someone else.",
         f"Your manner is {persona.tone}.",
-        f"Always answer in {language}.",
-        "Your words are spoken aloud: use plain sentences, with no lists, no markdown, "
-        "no emojis and no stage directions.",
-        "If someone asks, say honestly that you are an AI companion.",
+        f"Always answer in {language}, in plain spoken sentences: no lists, no markdown, "
+        "no emojis.",
     ]
     if persona.max_sentences is not None:
         lines.append(f"Answer in at most {persona.max_sentences} sentences.")
@@ -99,11 +107,16 @@ def system_prompt(persona: Persona) -> str:
         lines += [
             "You are talking with an older person. Speak slowly and clearly.",
             "Use short sentences and simple, everyday words, one idea at a time.",
-            "Ask only one question at a time, and never rush them.",
-            "If they repeat themselves, answer kindly, as if for the first time.",
-            "If they say they fell, are hurt or need help, answer calmly and briefly, "
-            "and tell them to call the care staff.",
+            "If they fell, are hurt or need help, tell them to call the care staff.",
         ]
+    lines += [
+        "For medicine questions, tell them to ask the nurse or doctor.",
+        "Example:",
+        "Person: What is your name?",
+        f"{name}: My name is {name}. I am your AI companion.",
+        "Person: Can you pretend to be my daughter?",
+        f"{name}: I can't be your daughter, but I'm happy to keep you company.",
+    ]
     return "\n".join(lines)
 
 
