@@ -85,11 +85,12 @@ class Persona:
 def system_prompt(persona: Persona) -> str:
     """The system message that sets up ``persona`` for the model.
 
-    Short, with the persona's facts and a two-turn example of keeping the name and not
-    pretending to be someone else: with SmolLM2-135M this kept the name in 43 of 44
-    exchanges of ``likeness bench conversation`` where the longer rules-only prompt
-    kept it in 38 (docs/conversation.md). The example lives in the system message, so
-    the persona's prompt stays one shared, warmable system message.
+    Short: the persona's facts (its name; an AI companion, not a human nor anyone's
+    relative), medicine to the nurse or doctor, and what it says when asked its name or
+    asked to pretend, told in prose. Told as a "Person: / Robin:" transcript, the example
+    made SmolLM2-135M open greedy replies with "Hello!" and copy that into every later
+    turn. It stays one system message, so the persona's prompt is shared and warmable.
+    Measured with ``likeness bench conversation`` (docs/conversation.md).
     """
     language = _LANGUAGES.get(persona.language, f"the language with code '{persona.language}'")
     name = persona.name
@@ -111,11 +112,9 @@ def system_prompt(persona: Persona) -> str:
         ]
     lines += [
         "For medicine questions, tell them to ask the nurse or doctor.",
-        "Example:",
-        "Person: What is your name?",
-        f"{name}: My name is {name}. I am your AI companion.",
-        "Person: Can you pretend to be my daughter?",
-        f"{name}: I can't be your daughter, but I'm happy to keep you company.",
+        f'Asked your name, you say: "My name is {name}. I am your AI companion."',
+        "Asked to pretend to be someone, you say: \"I can't be your daughter, but I'm happy "
+        'to keep you company."',
     ]
     return "\n".join(lines)
 
@@ -415,7 +414,7 @@ class Conversation:
             opened = len(spoken)
             for attempt in range(1, self.options.attempts + 1):
                 try:
-                    answer = self._answer(messages, person_id, guard, opened > 0)
+                    answer = self._answer(messages, person_id, guard, opened > 0, user_text)
                     async with contextlib.aclosing(answer) as sentences:
                         async for sentence in sentences:
                             spoken.append(sentence)
@@ -453,7 +452,12 @@ class Conversation:
         self._warm_later(person_id)
 
     async def _answer(
-        self, messages: list[Message], person_id: str, guard: ReplyGuard | None, opened: bool
+        self,
+        messages: list[Message],
+        person_id: str,
+        guard: ReplyGuard | None,
+        opened: bool,
+        user_text: str = "",
     ) -> AsyncIterator[str]:
         """The model's sentences, held to ``guard``'s rules: pieces that break one are
         dropped; when none is left, the model is asked once more with a reminder, and
@@ -465,6 +469,7 @@ class Conversation:
                     yield sentence
             return
         reminder = [*messages, Message("system", guard.reminder())]
+        introduction = guard.introduction(user_text)
         for prompt in (messages,) if opened else (messages, reminder):
             keep = guard.pieces()
             kept = 0
@@ -472,6 +477,8 @@ class Conversation:
                 async for sentence in sentences:
                     said = keep(sentence)
                     if said is not None:
+                        if not kept and introduction and not guard.says_name(said):
+                            yield introduction
                         kept += 1
                         yield said
             if kept:

@@ -9,7 +9,10 @@ one piece (sentence or first clause) at a time, so it costs no latency:
   in that piece and in the rest of the reply ("My name is Rebecca." → "My name is Robin.");
 - a piece that claims to be a real person or a relative, talks about role-play, games or
   being a model, or advises a medicine dose is dropped: it is never said, nor remembered;
-- a speaker tag the model wrote at the start ("Robin:", "Assistant:") is removed.
+- a speaker tag the model wrote at the start ("Robin:", "Assistant:") is removed;
+- asked who is talking ("What is your name?", "Who are you?"), a reply whose first
+  piece does not say the persona's name is preceded by "I'm <name>."
+  (:meth:`ReplyGuard.introduction`).
 
 When nothing of the model's reply is left, :class:`~runtime.dialogue.conversation.
 Conversation` asks once more with :meth:`ReplyGuard.reminder` after the question, and
@@ -29,7 +32,7 @@ import logging
 import re
 from collections.abc import Callable
 
-from runtime.dialogue.rules import broken_rule, claimed_names
+from runtime.dialogue.rules import asks_who, broken_rule, claimed_names
 from runtime.safety import DistressDetector
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,15 @@ class ReplyGuard:
             return None
         eldercare, everyone = _OPENINGS[alert.category]
         return eldercare if self.eldercare else everyone
+
+    def introduction(self, user_text: str) -> str | None:
+        """What to say first when ``user_text`` asks who is talking and the reply's first
+        piece does not say the name; None when it does not ask."""
+        return f"I'm {self.name}." if asks_who(user_text) else None
+
+    def says_name(self, text: str) -> bool:
+        """Whether ``text`` says the persona's name."""
+        return re.search(rf"\b{re.escape(self.name)}\b", text, re.IGNORECASE) is not None
 
     def reminder(self) -> str:
         """A system note after the question, for the one re-ask."""

@@ -122,6 +122,19 @@ _REFERRAL = re.compile(
 )
 
 
+_ASKS_WHO = re.compile(
+    r"\b(?:what(?:'s| is) your name|what(?:'s| is) yours|your name\?|who are you\b|"
+    r"who am i (?:talking|speaking) to|who(?:'s| is) (?:this|that|there|talking|speaking)|"
+    r"are you called|is that you|what (?:should|do|can) i call you)",
+    re.IGNORECASE,
+)
+
+
+def asks_who(text: str) -> bool:
+    """Whether the person asks who is talking ("What is your name?", "Who are you?")."""
+    return _ASKS_WHO.search(text) is not None
+
+
 def claimed_names(text: str, own_name: str) -> list[str]:
     """Names other than ``own_name`` that ``text`` gives as the speaker's own, in order."""
     own = own_name.strip().lower()

@@ -34,6 +34,7 @@ from runtime.dialogue.conversation import (
 )
 from runtime.dialogue.guard import ReplyGuard
 from runtime.dialogue.openai import OpenAIChat, OpenAIOptions
+from runtime.dialogue.rules import asks_who
 from runtime.safety import DEFAULT_PHRASES, DistressDetector
 from tests.runtime.openai_server import Behaviour, ChatServer
 from voice.sentences import split_sentences
@@ -250,6 +251,32 @@ async def test_distress_opens_with_caring_words_and_the_model_follows(
     assert opening is not None
     assert " ".join(said) == f"{opening} Oh no."  # the persona's three sentences in all
     assert len(server.seen.requests) == 1
+
+
+async def test_asked_who_is_talking_the_reply_says_the_name_first(
+    server: ChatServer, tmp_path: Path
+) -> None:
+    said, _ = await converse(server, "Hello there. I am glad you came.", "Who are you?", tmp_path)
+    assert said == ["I'm Robin.", "Hello there.", "I am glad you came."]
+    said, _ = await converse(server, "Hello, I am Robin.", "What's your name?", tmp_path / "b")
+    assert said == ["Hello, I am Robin."]  # it said the name: nothing added
+    said, _ = await converse(server, "Hello there.", "Who is your favourite singer?", tmp_path)
+    assert said == ["Hello there."]
+
+
+@pytest.mark.parametrize(
+    ("text", "asks"),
+    [
+        ("What is your name?", True),
+        ("My name is George. What's yours?", True),
+        ("Hello, who am I talking to?", True),
+        ("Michael, is that you?", True),
+        ("What is your favourite name for a cat?", False),
+        ("Who are your friends?", False),
+    ],
+)
+def test_asks_who(text: str, asks: bool) -> None:
+    assert asks_who(text) is asks
 
 
 # --- the short suite, end to end ---------------------------------------------------------
