@@ -56,6 +56,7 @@ CHEAPEST_FAILURES = [
     ("no_meta", PLAIN, "I am in the role of Robin.", "I am Robin."),
     ("no_meta", PLAIN, "We are in the game.", "We are in the garden."),
     ("no_meta", PLAIN, "*smiles* Hello.", "Hello."),
+    ("no_meta", PLAIN, "I'll pretend to be Sarah.", "I can't pretend to be Sarah."),
     ("answered", PLAIN, "", "Hello."),
     ("answered", HOW, "I am currently here.", "I am well, thank you."),
     ("sentences", PLAIN, "One. Two. Three. Four.", "One. Two. Three."),
