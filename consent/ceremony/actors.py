@@ -120,8 +120,11 @@ class Performer:
         self.turns: list[tuple[float, float]] = []  # (start, signed peak yaw)
         self.flash: tuple[Prompt, float] | None = None
 
-    def on_prompt(self, prompt: Prompt, shown_at: float) -> None:
-        start = shown_at + self.rng.uniform(*self.reaction_s)
+    def on_prompt(self, prompt: Prompt, shown_at: float, not_before: float = -math.inf) -> None:
+        """Answer ``prompt`` a reaction time after ``shown_at``, and not before
+        ``not_before`` (what a real-time camera or microphone has already sent cannot
+        change: a person who saw the prompt late answers late)."""
+        start = max(shown_at + self.rng.uniform(*self.reaction_s), not_before)
         if prompt.kind == "digits":
             pcm = self.voice(spoken_digits(prompt.digits))
             self.speech.append((start, pcm, envelope(pcm)))
@@ -166,7 +169,9 @@ class LivePerson:
         who: the persona.
         speaks: False keeps the mouth shut (the "TTS voice over a live face" attack
             uses a live face that does not speak).
-        voice: text -> 16 kHz speech; None is Piper at the persona's rate.
+        voice: text -> 16 kHz speech; None is Piper at the persona's rate, reading the
+            whole group (a virtual clock waits for it); a person answering in real time
+            takes :class:`consent.ceremony.simulate.DigitVoice`, which is instant.
     """
 
     def __init__(
@@ -196,8 +201,8 @@ class LivePerson:
             self.head.render(0.0, level / (MOUTH_LEVELS - 1))
         self.body.voice("0, 1.")
 
-    def on_prompt(self, prompt: Prompt, shown_at: float) -> None:
-        self.body.on_prompt(prompt, shown_at)
+    def on_prompt(self, prompt: Prompt, shown_at: float, not_before: float = -math.inf) -> None:
+        self.body.on_prompt(prompt, shown_at, not_before)
 
     def frame(self, t: float) -> np.ndarray:
         mouth = self.body.mouth(t) if self.speaks else 0.0
