@@ -332,8 +332,9 @@ def test_the_command_writes_the_tables_and_json(server: ChatServer, tmp_path: Pa
 
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
-# Sized from repeated runs of the short suite (seeds 0-4): see docs/conversation.md.
-NAME_RATE_MIN = 0.8
+# The short suite at seeds 0-4 kept the name in 6 of 6 exchanges every time (the guard
+# repairs claimed names and says the name when asked who is talking); one miss allowed.
+NAME_RATE_MIN = 5 / 6
 
 
 @pytest.mark.skipif(not HAS_LLAMA, reason="llama-cpp-python is not installed")
