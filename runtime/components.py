@@ -262,6 +262,7 @@ def conversation(settings: Settings, backend: DialogueBackend) -> Conversation:
             attempts=d.retries + 1,
             first_clause_chars=FIRST_CLAUSE_CHARS,
         ),
+        detector=distress_detector(settings),  # the site's own phrases open a caring reply too
     )
 
 

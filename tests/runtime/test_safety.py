@@ -427,3 +427,19 @@ async def test_every_sink_delivers_each_alert_once(
         assert alert is not None
         await sink.send(alert)
     assert await delivered() == [a.to_dict() for a in alerts if a is not None]
+
+
+def test_the_sites_own_phrases_open_a_caring_reply(tmp_path) -> None:
+    """components.conversation hands the configured detector to the reply guard, so a
+    site's extra phrase ("my chest feels tight") gets the caring opening too."""
+    from runtime.components import conversation
+    from runtime.config import load_config
+
+    phrase = "my chest feels tight"
+    extra = {"extra_phrases": {"pain": [phrase]}}
+    # No model is loaded: the backend is not touched before a reply.
+    site = conversation(load_config(data_dir=tmp_path, safety=extra), None)  # type: ignore[arg-type]
+    alert = site.guard.detector.check("Robin, my chest feels tight")
+    assert alert is not None and alert.phrase == phrase
+    plain = conversation(load_config(data_dir=tmp_path), None)  # type: ignore[arg-type]
+    assert plain.guard.detector.check(phrase) is None
