@@ -65,7 +65,10 @@ DEFAULT_PHRASES: Mapping[Category, tuple[str, ...]] = {
     "fall": (
         "I fell", "I've fallen", "fell down", "can't get up", "I had a fall", "I'm on the floor",
     ),
-    "pain": ("it hurts", "chest pain", "I'm in pain", "my chest hurts", "can't breathe"),
+    "pain": (
+        "it hurts", "chest pain", "I'm in pain", "my chest hurts", "can't breathe",
+        "chest feels tight", "tight chest", "pressure in my chest",
+    ),
     "help": (
         "help", "help me", "call someone", "emergency", "ambulance", "call a nurse",
         "call a doctor",

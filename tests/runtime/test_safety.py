@@ -76,6 +76,8 @@ SECRET_PATH = "/hooks/path-secret-8d2e"
         ("Help me, I fell and it hurts", "fall", "I fell"),
         ("I want to die, help", "self_harm", "want to die"),
         ("Where am I? It hurts.", "pain", "it hurts"),
+        ("My chest feels tight this morning", "pain", "chest feels tight"),
+        ("There's a pressure in my chest", "pain", "pressure in my chest"),
     ],
 )
 def test_distress_is_detected(text: str, category: str, phrase: str) -> None:
@@ -431,15 +433,15 @@ async def test_every_sink_delivers_each_alert_once(
 
 def test_the_sites_own_phrases_open_a_caring_reply(tmp_path) -> None:
     """components.conversation hands the configured detector to the reply guard, so a
-    site's extra phrase ("my chest feels tight") gets the caring opening too."""
+    site's extra phrase ("my legs gave way") gets the caring opening too."""
     from runtime.components import conversation
     from runtime.config import load_config
 
-    phrase = "my chest feels tight"
-    extra = {"extra_phrases": {"pain": [phrase]}}
+    phrase = "my legs gave way"
+    extra = {"extra_phrases": {"fall": [phrase]}}
     # No model is loaded: the backend is not touched before a reply.
     site = conversation(load_config(data_dir=tmp_path, safety=extra), None)  # type: ignore[arg-type]
-    alert = site.guard.detector.check("Robin, my chest feels tight")
+    alert = site.guard.detector.check("Robin, my legs gave way")
     assert alert is not None and alert.phrase == phrase
     plain = conversation(load_config(data_dir=tmp_path), None)  # type: ignore[arg-type]
     assert plain.guard.detector.check(phrase) is None
