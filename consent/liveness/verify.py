@@ -59,7 +59,7 @@ from avatar.face import FaceAnalyzer, embedding_distance
 from consent.ceremony.observe import box_of, closest, mouth_opening, scale_box, shrink
 from consent.liveness.challenge import Challenge, NonceBook
 from consent.liveness.clip import ASR_RATE, Clip, ClipError, ClipOptions, read_clip
-from consent.liveness.result import POINTS, LivenessResult, Point, sentence
+from consent.liveness.result import POINTS, LivenessResult, Point
 from voice.asr import ASROptions, WhisperASR
 from voice.digits import read_code
 from voice.types import AudioChunk
@@ -543,6 +543,5 @@ __all__ = [
     "Point",
     "asr_options",
     "load_asr",
-    "sentence",
     "verify_clip",
 ]

@@ -154,16 +154,17 @@ def claimed_names(text: str, own_name: str) -> list[str]:
 
 def real_person_claim(text: str) -> str | None:
     """The words in which ``text`` claims to be a real person or a relative, or None."""
-    for pattern in _REAL_PERSON:
-        match = pattern.search(text)
-        if match:
-            return match.group(0)
-    return None
+    return _first_match(_REAL_PERSON, text)
 
 
 def meta_talk(text: str) -> str | None:
     """The role-play or meta talk in ``text`` ("as an AI language model"), or None."""
-    for pattern in META_PATTERNS:
+    return _first_match(META_PATTERNS, text)
+
+
+def _first_match(patterns: tuple[re.Pattern[str], ...], text: str) -> str | None:
+    """The words of the first of ``patterns`` that ``text`` holds, or None."""
+    for pattern in patterns:
         match = pattern.search(text)
         if match:
             return match.group(0)
