@@ -58,9 +58,9 @@ from consent.liveness.verify import (
     LivenessResult,
     Point,
     load_asr,
-    sentence,
     verify_clip,
 )
+from consent.liveness.result import sentence
 from consent.store import ConsentStore, LivenessInfo, photo_hash
 from voice.types import AudioChunk
 from voice.vad import SileroVAD
