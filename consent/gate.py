@@ -5,11 +5,14 @@ the time, the public keys and whether the grant was revoked, and gets a
 :class:`Decision`. :class:`ConsentGate` is the thin I/O wrapper the runtime holds:
 it finds the grant in the store, calls :func:`check`, audits the decision and
 exposes the revocation :meth:`ConsentGate.epoch` to re-check cheaply per chunk.
+:func:`watch_grant` re-checks a live use whenever that epoch moves: pushed by the
+gate's :class:`~consent.epoch_feed.EpochFeed` on PostgreSQL, polled on SQLite.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +26,7 @@ from consent.grants import ALL, Grant, format_time, utc, verify_signature
 from consent.keys import SigningKeys
 
 if TYPE_CHECKING:
+    from consent.epoch_feed import EpochFeed
     from consent.store import ConsentStore
     from voice.tts.base import VoiceCloneGate, VoiceCloneRequest
 
@@ -102,11 +106,17 @@ class ConsentGate:
 
     Per chunk, compare :meth:`epoch` with the value seen at the last check; when it
     moved, call :meth:`check` again and end the session if it is refused.
+
+    Attributes:
+        feed: the process's running epoch feed (PostgreSQL), which :func:`watch_grant`
+            waits on instead of polling; None on SQLite or while none runs. The server
+            sets it once its feed has started.
     """
 
     def __init__(self, store: ConsentStore, keys: SigningKeys | Mapping[str, Any]) -> None:
         self._store = store
         self._keys = keys
+        self.feed: EpochFeed | None = None
 
     @property
     def store(self) -> ConsentStore:
@@ -217,16 +227,22 @@ async def watch_grant(
 ) -> Decision:
     """Wait until the grant for (avatar, deployment, purpose) is refused; return the refusal.
 
-    Checks now, then reads the revocation epoch every ``every_s`` seconds and checks
-    again when it moved (a revoke, a retention purge) or when the allowing grant's
-    expiry has passed (an expiry moves no epoch). Database reads run in a worker
-    thread; each check is audited as ``actor``. Returns at once when refused already.
-    The caller must then stop using the face or voice; cancel the task to stop watching.
+    Checks now, then again whenever the revocation epoch moves (a revoke, a retention
+    purge, a deployment's list edited) or the allowing grant's expiry has passed (an
+    expiry moves no epoch). With the gate's epoch feed running (``gate.feed``,
+    PostgreSQL) it waits on the pushed epoch, and returns a refusal as soon as the feed
+    is blind (fail closed); without one it reads the epoch every ``every_s`` seconds.
+    Database reads run in a worker thread; each check is audited as ``actor``. Returns
+    at once when refused already. The caller must then stop using the face or voice;
+    cancel the task to stop watching.
     """
     from consent.store import utcnow
 
-    seen = await asyncio.to_thread(gate.epoch)
+    feed = gate.feed
+    seen = feed.epoch if feed is not None else await asyncio.to_thread(gate.epoch)
     while True:
+        if feed is not None and feed.blind:
+            return _refuse(feed.blind_reason())
         decision = await asyncio.to_thread(
             gate.check,
             avatar_id=avatar_id,
@@ -238,10 +254,15 @@ async def watch_grant(
         if not decision.allowed or decision.grant_id is None:
             return decision
         record = await asyncio.to_thread(gate.store.grant, decision.grant_id)
-        while utcnow() < record.grant.expires_at:
-            await asyncio.sleep(every_s)
-            epoch = await asyncio.to_thread(gate.epoch)
-            if epoch != seen:
+        while (left := (record.grant.expires_at - utcnow()).total_seconds()) > 0:
+            if feed is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.wait_moved(seen), left)
+                epoch = feed.epoch
+            else:
+                await asyncio.sleep(every_s)
+                epoch = await asyncio.to_thread(gate.epoch)
+            if epoch != seen or (feed is not None and feed.blind):
                 seen = epoch
                 break
 

@@ -1,8 +1,9 @@
 """Who may be served: one admission decision, asked at the offer and at every re-check.
 
 :func:`decide` is pure (after ``consent.gate.check``): it takes the facts (the face's
-grant decision, the deployment's list of faces, the cloned voice's grant decision)
-and answers with an :class:`Admission`, refusing in a fixed order with plain words.
+grant decision, the deployment's list of faces, the cloned voice's grant decision,
+whether this node still hears of revokes) and answers with an :class:`Admission`,
+refusing in a fixed order with plain words.
 :class:`AdmissionCheck` gathers those facts for one offer (blocking: database reads)
 and calls :func:`decide`; :func:`watch_admission` re-asks it whenever the revocation
 epoch moves or the grant expires, through ``consent.gate.watch_grant``.
@@ -24,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 from consent.gate import Decision, watch_grant
 
 if TYPE_CHECKING:
+    from consent.epoch_feed import EpochFeed
     from consent.gate import ConsentGate
     from consent.store import ConsentStore
 
-ALLOWED, FORBIDDEN = 200, 403
+ALLOWED, FORBIDDEN, UNAVAILABLE = 200, 403, 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +38,8 @@ class Admission:
 
     Attributes:
         allowed: True only when every check passed.
-        status: the HTTP status of the answer: 200, or 403 for a refusal.
+        status: the HTTP status of the answer: 200, 403 for a refusal, or 503 when this
+            node cannot follow revocations now (another node may serve it).
         reason: in plain words, why; a refusal's reason is what the client is told.
         grant_id: the face's grant (None for the synthetic face or a refusal without one).
     """
@@ -48,9 +51,16 @@ class Admission:
 
 
 def decide(
-    *, deployment: str, face: Decision | None, listed: bool | None, voice: Decision | None
+    *,
+    deployment: str,
+    face: Decision | None,
+    listed: bool | None,
+    voice: Decision | None,
+    blind: str | None = None,
 ) -> Admission:
-    """Admit or refuse, in this order: the face's grant, the deployment's list, the voice.
+    """Admit or refuse, in this order: the face's grant, the deployment's list, the
+    voice, then a real face on a node that cannot follow revocations now (503: another
+    node may serve it).
 
     Args:
         deployment: where the session runs (named in a refusal).
@@ -59,6 +69,8 @@ def decide(
             unregistered deployment (the grant's scope alone decides) or no face.
         voice: the gate's decision on the cloned voice here; None when no cloned voice
             is in use.
+        blind: why this node cannot follow revocations now (its epoch feed is blind,
+            ``consent.epoch_feed``); None when it can. Only a real face is refused for it.
     """
     if face is not None and not face.allowed:
         return Admission(
@@ -72,6 +84,8 @@ def decide(
         return Admission(False, FORBIDDEN, f"no permission to use this voice here: {voice.reason}")
     if face is None:
         return Admission(True, ALLOWED, "the synthetic face needs no grant")
+    if blind is not None:
+        return Admission(False, UNAVAILABLE, blind, face.grant_id)
     return Admission(True, ALLOWED, face.reason, face.grant_id)
 
 
@@ -152,7 +166,11 @@ class AdmissionCheck:
                 want_voice=True,
                 actor="tts",
             )
-        return decide(deployment=self.deployment, face=face, listed=listed, voice=voice)
+        feed = self.gate.feed if self.gate is not None else None
+        blind = feed.blind_reason() if feed is not None and feed.blind else None
+        return decide(
+            deployment=self.deployment, face=face, listed=listed, voice=voice, blind=blind
+        )
 
     @property
     def _gate(self) -> ConsentGate:
@@ -173,6 +191,10 @@ class _AdmissionGate:
     def store(self) -> ConsentStore:
         return self._check._gate.store
 
+    @property
+    def feed(self) -> EpochFeed | None:
+        return self._check._gate.feed
+
     def epoch(self) -> int:
         return self._check._gate.epoch()
 
@@ -189,9 +211,10 @@ async def watch_admission(
     """Wait until the admission of a face's session is refused; return the refusal.
 
     Through ``consent.gate.watch_grant``: asks now, then again whenever the revocation
-    epoch moves or the face's grant expires. ``on_allowed`` is called, in a worker
-    thread, with each allowed admission (the grant may change: follow it). The caller
-    must then withdraw the face; cancel the task to stop watching.
+    epoch moves or the face's grant expires; ends at once when the gate's epoch feed
+    is blind (PostgreSQL: this node no longer hears of revokes). ``on_allowed`` is
+    called, in a worker thread, with each allowed admission (the grant may change:
+    follow it). The caller must then withdraw the face; cancel the task to stop watching.
 
     Raises:
         ValueError: ``check`` has no face (the synthetic face is never re-checked).

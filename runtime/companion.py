@@ -20,6 +20,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import candidate_from_sdp
 
 from avatar.types import PreparedAvatar
+from consent.epoch_feed import EpochFeed, FeedOptions
 from consent.gate import watch_grant
 from consent.retention import SweepReport, sweep_forever
 from runtime import components
@@ -92,10 +93,17 @@ class Companion:
 
         A cloned TTS voice (coqui) loads only with a voice grant of ``server.avatar`` for
         ``consent.deployment``; the retention sweep runs now and every
-        ``consent.sweep_interval_s``. :meth:`shutdown` stops both.
+        ``consent.sweep_interval_s``; on PostgreSQL the revocation epoch feed starts
+        (sessions wait on it; a blind feed ends real-face sessions). :meth:`shutdown`
+        stops them.
         """
         s = self.settings
         self.gate = await asyncio.to_thread(components.consent_gate, s, (self._forget_avatars,))
+        options = FeedOptions(blind_after_s=s.consent.blind_after_s)
+        feed = EpochFeed.for_store(self.gate.store, options)  # None on SQLite: sessions poll
+        if feed is not None:
+            await feed.start()
+            self.gate.feed = feed
         self._clone_gate = components.voice_clone_gate(s, self.gate)
         # The neural face model (avatar.backend = "neural") first: a bad checkpoint fails fast.
         engine = await asyncio.to_thread(load_avatar_engine, s)
@@ -157,6 +165,8 @@ class Companion:
             if self.models.avatar_engine is not None:
                 await self.models.avatar_engine.aclose()
         if self.gate is not None:
+            if self.gate.feed is not None:
+                await self.gate.feed.stop()
             self.gate.store.close()
 
     def _forget_avatars(self, _subject_id: str, avatar_ids: tuple[str, ...]) -> None:

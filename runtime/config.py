@@ -243,7 +243,20 @@ class ConsentConfig(_Section):
     )
     deployment: str = Field("browser-chat", description="deployment of an offer naming none")
     purpose: str = Field("companionship", description="purpose sessions ask for")
-    recheck_ms: int = Field(200, ge=50, le=1000, description="revocation epoch poll per session")
+    recheck_ms: int = Field(
+        200, ge=50, le=1000, description="revocation epoch poll per session (SQLite only)"
+    )
+    # PostgreSQL pushes epoch moves to every node (consent/epoch_feed.py). A node whose
+    # channel is down this long may miss a revoke, so it ends its real-face sessions.
+    # 5 s rides out a PostgreSQL restart or a dropped link (reconnects retry every
+    # 0.1-1 s); past it, a revoke made meanwhile could go unheard, so real faces stop
+    # (docs/deployment.md, "Several nodes, one consent store").
+    blind_after_s: float = Field(
+        5.0,
+        ge=1,
+        le=60,
+        description="PostgreSQL: revocation channel down this long ends real-face sessions",
+    )
     keep_clips_days: int = Field(
         0, ge=0, le=365, description="0 = liveness clips are discarded after the check"
     )

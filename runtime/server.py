@@ -7,13 +7,15 @@ Routes::
                           → 200 {"sdp", "type": "answer", "session_id"} (all ICE candidates
                           inside: one POST connects); 400 bad SDP, 403 no consent for
                           this face (or voice) here, 404 unknown avatar, 503 busy
-                          (Retry-After)
+                          (Retry-After) or, for a real face, the node's revocation
+                          channel is down (consent.blind_after_s)
     POST /api/rtc/ice     {"iceServers", "iceTransportPolicy", "expires_at"} for the next
                           RTCPeerConnection, TURN credentials minted for it; 503 while
                           not ready or busy, 429 over server.ice_per_minute per address
     GET  /api/config      persona name and the kiosk profile for the pages
     *    /api/consent/... the consent portal's JSON API (consent/portal; 401 unsigned)
-    GET  /health          200 {"status": "ready", ...} once the models are loaded
+    GET  /health          200 {"status": "ready", ...} once the models are loaded (on
+                          PostgreSQL also "revocation_channel": the epoch feed's state)
     GET  /metrics         Prometheus text
     GET  /                the chat page; /kiosk.html the kiosk; /portal/ the consent
                           portal (web/static)
@@ -147,6 +149,9 @@ def create_app(settings: Settings) -> Starlette:
             "uptime_s": round(time.time() - started, 1),
             "tasks": len(asyncio.all_tasks()),
         }
+        feed = companion.gate.feed if companion.gate is not None else None
+        if feed is not None:  # PostgreSQL: is this node still hearing of revokes?
+            body["revocation_channel"] = feed.health()
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(_: Request) -> Response:

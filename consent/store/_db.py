@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy import Engine, create_engine, event, func, select
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,10 @@ from consent.models import AuditRow, State
 from consent.store.records import Purger, utcnow
 
 _WRITE = "consent_write"
+
+EPOCH_CHANNEL = "likeness_consent_epoch"
+"""The PostgreSQL NOTIFY channel of revocation epoch moves; the payload is the new epoch
+(``consent.epoch_feed`` listens on it)."""
 
 
 def _normalise_url(url: str) -> str:
@@ -185,9 +189,20 @@ class StoreBase:
     def move_epoch(self, what: str) -> int:
         """Move the revocation epoch without a revoke, so every live session asks its
         admission again (a deployment's list of faces changed); returns the new epoch."""
-        with self._write(what) as (_s, state):
-            state.epoch += 1
-            return int(state.epoch)
+        with self._write(what) as (s, state):
+            return self._next_epoch(s, state)
+
+    def _next_epoch(self, s: Session, state: State) -> int:
+        """Move the revocation epoch by one inside write transaction ``s``; returns it.
+
+        Every epoch move goes through here. On PostgreSQL it also sends
+        ``NOTIFY likeness_consent_epoch, '<new epoch>'`` in the same transaction, so the
+        other nodes hear of it when it commits (never when it rolls back).
+        """
+        state.epoch += 1
+        if not self._sqlite:
+            s.execute(select(func.pg_notify(EPOCH_CHANNEL, str(state.epoch))))
+        return int(state.epoch)
 
     def append_audit(
         self,
@@ -216,4 +231,4 @@ class StoreBase:
             return entries, state.audit_seq, state.audit_hash
 
 
-__all__ = ["StoreBase"]
+__all__ = ["EPOCH_CHANNEL", "StoreBase"]

@@ -202,7 +202,7 @@ class GrantsMixin:
                 raise NotFoundError(f"no grant {grant_id!r}")
             if s.execute(select(Revocation.id).where(Revocation.grant_id == grant_id)).first():
                 raise AlreadyRevokedError(f"grant {grant_id} was already revoked")
-            state.epoch += 1
+            self._next_epoch(s, state)
             subject = row.subject_id
             s.add(
                 Revocation(

@@ -94,12 +94,12 @@ class SweepMixin:
             [facts] = self._subject_facts(s, subject_id) or [SubjectFacts(subject_id, at)]
             plan = plan_subject(facts, at, retention)
             if plan.purge:
-                state.epoch += 1
+                self._next_epoch(s, state)
                 deleted = self._purge_rows(
                     s, state, subject_id, by=RETENTION_ACTOR, reason="retention", at=at
                 )
             elif plan.drop:
-                state.epoch += 1
+                self._next_epoch(s, state)
                 deleted = plan.drop
                 self._drop_embeddings(s, state, subject_id, deleted, at)
             else:

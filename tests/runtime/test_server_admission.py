@@ -60,3 +60,34 @@ VOICE_NO = Decision(False, "grant v1 does not allow using the voice", grant_id="
 )
 def test_each_refusal_in_its_order_with_its_status_and_words(face, listed, voice, expected):
     assert decide(deployment="kiosk", face=face, listed=listed, voice=voice) == expected
+
+
+BLIND = "this node lost its revocation channel to the consent database 6 s ago"
+
+
+@pytest.mark.parametrize(
+    ("face", "listed", "voice", "expected"),
+    [
+        # An otherwise admissible real face: 503, so the balancer tries another node.
+        (FACE_OK, True, VOICE_OK, Admission(False, 503, BLIND, "g1")),
+        (FACE_OK, None, None, Admission(False, 503, BLIND, "g1")),
+        # Every other refusal comes first (it holds on any node) ...
+        (
+            FACE_NO,
+            True,
+            None,
+            Admission(False, 403, f"no permission to use this face: {FACE_NO.reason}", "g1"),
+        ),
+        (
+            FACE_OK,
+            False,
+            None,
+            Admission(False, 403, "deployment 'kiosk' is not set up to show this face"),
+        ),
+        # ... and the synthetic face needs no grant, so no revocation channel either.
+        (None, None, None, Admission(True, 200, "the synthetic face needs no grant")),
+    ],
+)
+def test_a_node_blind_to_revocations_refuses_only_real_faces(face, listed, voice, expected):
+    got = decide(deployment="kiosk", face=face, listed=listed, voice=voice, blind=BLIND)
+    assert got == expected
