@@ -30,6 +30,7 @@ import httpx
 from aiortc import RTCConfiguration
 
 from runtime.bench_session import rss_mb, serve
+from runtime.cpu_use import CpuMeter
 from runtime.memory import freeze_heap
 from runtime.rtc_client import CompanionClient
 from runtime.soak_client import (
@@ -177,13 +178,18 @@ def _net_signals(rec: Received) -> tuple[list[float], list[float], list[float], 
 
 
 async def _sample(url: str, pid: int | None, rec: Received) -> None:
-    """Read the server's RSS (/proc) and open tasks (/health) every :data:`SAMPLE_S`."""
+    """Read the server's RSS (/proc), open tasks (/health) and the CPU that other
+    programs used every :data:`SAMPLE_S`."""
+    meter = CpuMeter(pid)
     async with httpx.AsyncClient(timeout=5) as http:
         while True:
             tasks = -1
             with contextlib.suppress(httpx.HTTPError, ValueError, TypeError):
                 tasks = int((await http.get(f"{url}/health")).json().get("tasks", -1))
-            rec.samples.append((time.monotonic(), rss_mb(pid) if pid else math.nan, tasks))
+            now = time.monotonic()
+            rec.samples.append((now, rss_mb(pid) if pid else math.nan, tasks))
+            use = meter.read()
+            rec.cpu.append((now, use.other, use.steal))
             await asyncio.sleep(SAMPLE_S)
 
 
@@ -354,6 +360,8 @@ MINUTE_COLUMNS = [
     "server sent p50 ms",
     "RSS MB",
     "tasks",
+    "other CPU",
+    "steal",
 ]
 
 
@@ -375,6 +383,8 @@ def minute_table(rows: list[dict[str, float]]) -> list[list[str]]:
         ("server_first_audio_sent_p50_ms", 0),
         ("rss_mb", 0),
         ("tasks", 0),
+        ("other_cpu", 2),
+        ("steal_cpu", 2),
     )
     return table_cells(rows, keys)
 
@@ -387,7 +397,7 @@ def progress_line(row: dict[str, float], minutes: int) -> str:
         f"{row['audio_gaps']} audio gaps, "
         f"A/V {cell(row['av_offset_ms'])} ms, {row['turns']} turns "
         f"p50 {cell(row['turn_p50_ms'])} ms, RSS {cell(row['rss_mb'])} MB, "
-        f"{row['tasks']} tasks"
+        f"{row['tasks']} tasks, other programs {cell(row['other_cpu'], 2)} cores"
     )
 
 

@@ -199,6 +199,11 @@ def _median(values: Sequence[float]) -> float:
     return float(np.median(values)) if len(values) else math.nan
 
 
+def _mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 @dataclass(slots=True)
 class Received:
     """The soak's raw record, times on the client's clock (``start``: the run began).
@@ -217,6 +222,9 @@ class Received:
             and video one frame, :mod:`runtime.rtp_receiver`): what A/V is judged on.
         turns: the scripted questions.
         samples: ``(time, server RSS MB, open asyncio tasks)`` taken during the run.
+        cpu: ``(time, other cores, stolen cores)`` at the same times, each the average
+            since the sample before (:class:`runtime.cpu_use.CpuMeter`): what programs
+            other than the server and the client used, and what the hypervisor took.
         stalls: ``(time, seconds)`` the client's own event loop overslept a 50 ms
             sleep by more than 100 ms (a starved client: its arrival gaps, and
             the silence the server may take for a vanished client, are its own).
@@ -238,6 +246,7 @@ class Received:
     video_net_t: list[float] = field(default_factory=list)
     turns: list[TurnRecord] = field(default_factory=list)
     samples: list[tuple[float, float, int]] = field(default_factory=list)
+    cpu: list[tuple[float, float, float]] = field(default_factory=list)
     stalls: list[tuple[float, float]] = field(default_factory=list)
     full_gc: list[tuple[float, float]] = field(default_factory=list)
     av_bias_s: float = 0.0
@@ -302,6 +311,7 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
         sent = [t.stages_ms["first_audio_sent"] for t in turns if "first_audio_sent" in t.stages_ms]
         offsets = [o for t in turns if (o := av_offset_ms(t, rec.av_bias_s)) is not None]
         samples = [s for s in rec.samples if a <= s[0] < b]
+        cpu = [c for c in rec.cpu if a <= c[0] < b]
         stalled = [x for t, x in rec.stalls if a <= t < b]
         collected = [x for t, x in rec.full_gc if a <= t < b]
         rows.append(
@@ -323,6 +333,9 @@ def minute_rows(rec: Received, minutes: int, settle_s: float = 2.0) -> list[dict
                 # The fewest open tasks in the minute (between replies): a leak
                 # raises this floor; a reply in flight only adds for a while.
                 "tasks": min((x[2] for x in samples if x[2] >= 0), default=-1),
+                # A slow minute with other programs busy is the machine's, not the run's.
+                "other_cpu": _mean([c[1] for c in cpu]),
+                "steal_cpu": _mean([c[2] for c in cpu]),
             }
         )
     return rows

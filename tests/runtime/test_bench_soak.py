@@ -234,6 +234,19 @@ def test_minute_rows_put_each_event_in_its_minute():
     assert 24.5 <= rows[1]["fps"] <= 25.1 and rows[0]["fps"] < rows[1]["fps"]
     assert [r["rss_mb"] for r in rows] == [1000.0, 1000.0, 1030.0]
     assert [r["tasks"] for r in rows] == [20, 19, 20]  # the fewest in each minute
+    assert all(math.isnan(r["other_cpu"]) for r in rows)  # no CPU samples: unknown
+
+
+def test_minute_rows_say_what_other_programs_used():
+    """A slow minute can be told from a loaded machine: the other programs' mean cores
+    and the stolen ones, per minute; a sample that could not be read (NaN) is left out."""
+    rec = three_minutes()
+    rec.cpu = [(100.0 + s, 0.1, 0.0) for s in range(0, 180, 5)]
+    rec.cpu[14:20] = [(t, 1.3, 0.2) for t, _, _ in rec.cpu[14:20]]  # minute 2: a build ran
+    rec.cpu[25] = (rec.cpu[25][0], math.nan, math.nan)
+    rows = minute_rows(rec, 3)
+    assert [r["other_cpu"] for r in rows] == pytest.approx([0.1, 0.7, 0.1])  # 6 of 12 at 1.3
+    assert [r["steal_cpu"] for r in rows] == pytest.approx([0.0, 0.1, 0.0])
 
 
 def test_each_minute_s_row_from_its_own_data_is_the_whole_run_s_row():
