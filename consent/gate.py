@@ -6,20 +6,22 @@ the time, the public keys and whether the grant was revoked, and gets a
 it finds the grant in the store, calls :func:`check`, audits the decision and
 exposes the revocation :meth:`ConsentGate.epoch` to re-check cheaply per chunk.
 :func:`watch_grant` re-checks a live use whenever that epoch moves: pushed by the
-gate's :class:`~consent.epoch_feed.EpochFeed` on PostgreSQL, polled on SQLite.
+gate's :class:`~consent.epoch_feed.EpochFeed` on PostgreSQL, polled on SQLite; a
+database that does not answer a re-check is a refusal (fail closed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
+import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from consent.grants import ALL, Grant, format_time, utc, verify_signature
@@ -29,6 +31,15 @@ if TYPE_CHECKING:
     from consent.epoch_feed import EpochFeed
     from consent.store import ConsentStore
     from voice.tts.base import VoiceCloneGate, VoiceCloneRequest
+
+log = structlog.get_logger("likeness.consent")
+T = TypeVar("T")
+
+UNCHECKED = (
+    "permission could not be re-checked: the consent database did not answer, so a real "
+    "person's likeness cannot be shown until it does"
+)
+"""The refusal of a watch that got no answer from the database (fail closed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +226,38 @@ class ConsentGate:
         self._store.append_audit("runtime", action, subject, details)
 
 
+class _Unreadable(Exception):
+    """A re-check got no answer from the database (:func:`_read`); the watch fails closed."""
+
+
+async def _read(call: Callable[..., T], /, *args: Any, bound_s: float, pause_s: float) -> T:
+    """``call(*args)`` in a worker thread, for a watch that must fail closed.
+
+    A retryable ``StoreError`` (connection lost, lock timeout) is tried again every
+    ``pause_s`` seconds; once ``bound_s`` seconds have passed since the first try (a
+    hung call included), or at once on any other error, raises :class:`_Unreadable`.
+    """
+    from consent.errors import StoreError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound_s
+    last = ""
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.to_thread(call, *args)
+        except TimeoutError as err:
+            raise _Unreadable(f"no answer within {bound_s:g} s {last}".rstrip()) from err
+        except StoreError as err:
+            if not err.retryable or loop.time() >= deadline:
+                raise _Unreadable(f"{type(err).__name__}: {err}") from err
+            last = f"(last: {type(err).__name__}: {err})"
+            log.warning("consent re-check failed; retrying", error=f"{type(err).__name__}: {err}")
+            await asyncio.sleep(min(pause_s, deadline - loop.time()))
+        except Exception as err:  # noqa: BLE001 - any failure: no answer, so no permission
+            raise _Unreadable(f"{type(err).__name__}: {err}") from err
+
+
 async def watch_grant(
     gate: ConsentGate,
     *,
@@ -223,48 +266,61 @@ async def watch_grant(
     purpose: str,
     want_voice: bool = False,
     every_s: float = 0.2,
+    blind_after_s: float = 5.0,
     actor: str = "runtime",
 ) -> Decision:
     """Wait until the grant for (avatar, deployment, purpose) is refused; return the refusal.
 
-    Checks now, then again whenever the revocation epoch moves (a revoke, a retention
-    purge, a deployment's list edited) or the allowing grant's expiry has passed (an
-    expiry moves no epoch). With the gate's epoch feed running (``gate.feed``,
-    PostgreSQL) it waits on the pushed epoch, and returns a refusal as soon as the feed
-    is blind (fail closed); without one it reads the epoch every ``every_s`` seconds.
-    Database reads run in a worker thread; each check is audited as ``actor``. Returns
-    at once when refused already. The caller must then stop using the face or voice;
-    cancel the task to stop watching.
+    Checks now, then again whenever the revocation epoch moves (a revoke, a subject's
+    data deleted, a retention purge, a deployment's list edited) or the allowing grant's
+    expiry has passed (an expiry moves no epoch). With the gate's epoch feed running
+    (``gate.feed``, PostgreSQL) it waits on the pushed epoch, and returns a refusal as
+    soon as the feed is blind (fail closed); without one it reads the epoch every
+    ``every_s`` seconds. Database reads run in a worker thread; each check is audited
+    as ``actor``.
+
+    Fails closed on a database error too: a read that fails with a retryable error is
+    tried again every ``every_s`` seconds, for at most ``blind_after_s`` seconds
+    (``consent.blind_after_s``, the bound a node may be blind to revokes); past that,
+    or at once on any other error, the watch returns a refusal. Returns at once when
+    refused already. The caller must then stop using the face or voice; cancel the
+    task to stop watching.
     """
     from consent.store import utcnow
 
+    read = partial(_read, bound_s=blind_after_s, pause_s=every_s)
+    check_now = partial(
+        gate.check,
+        avatar_id=avatar_id,
+        deployment=deployment,
+        purpose=purpose,
+        want_voice=want_voice,
+        actor=actor,
+    )
     feed = gate.feed
-    seen = feed.epoch if feed is not None else await asyncio.to_thread(gate.epoch)
-    while True:
-        if feed is not None and feed.blind:
-            return _refuse(feed.blind_reason())
-        decision = await asyncio.to_thread(
-            gate.check,
-            avatar_id=avatar_id,
-            deployment=deployment,
-            purpose=purpose,
-            want_voice=want_voice,
-            actor=actor,
-        )
-        if not decision.allowed or decision.grant_id is None:
-            return decision
-        record = await asyncio.to_thread(gate.store.grant, decision.grant_id)
-        while (left := (record.grant.expires_at - utcnow()).total_seconds()) > 0:
-            if feed is not None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(feed.wait_moved(seen), left)
-                epoch = feed.epoch
-            else:
-                await asyncio.sleep(every_s)
-                epoch = await asyncio.to_thread(gate.epoch)
-            if epoch != seen or (feed is not None and feed.blind):
-                seen = epoch
-                break
+    try:
+        seen = feed.epoch if feed is not None else await read(gate.epoch)
+        while True:
+            if feed is not None and feed.blind:
+                return _refuse(feed.blind_reason())
+            decision = await read(check_now)
+            if not decision.allowed or decision.grant_id is None:
+                return decision
+            record = await read(gate.store.grant, decision.grant_id)
+            while (left := (record.grant.expires_at - utcnow()).total_seconds()) > 0:
+                if feed is not None:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(feed.wait_moved(seen), left)
+                    epoch = feed.epoch
+                else:
+                    await asyncio.sleep(every_s)
+                    epoch = await read(gate.epoch)
+                if epoch != seen or (feed is not None and feed.blind):
+                    seen = epoch
+                    break
+    except _Unreadable as err:
+        log.error("consent re-check failed: permission withdrawn (fail closed)", error=str(err))
+        return _refuse(UNCHECKED)
 
 
-__all__ = ["ConsentGate", "Decision", "check", "watch_grant"]
+__all__ = ["UNCHECKED", "ConsentGate", "Decision", "check", "watch_grant"]

@@ -6,7 +6,8 @@ whether this node still hears of revokes) and answers with an :class:`Admission`
 refusing in a fixed order with plain words.
 :class:`AdmissionCheck` gathers those facts for one offer (blocking: database reads)
 and calls :func:`decide`; :func:`watch_admission` re-asks it whenever the revocation
-epoch moves or the grant expires, through ``consent.gate.watch_grant``.
+epoch moves or the grant expires, through ``consent.gate.watch_grant``; a re-check the
+database does not answer is a refusal (fail closed).
 
 :class:`ConsentUse` is the face's part: the gate's check of one face for one
 deployment and purpose, remembering the grant used (the command line's
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from consent.gate import Decision, watch_grant
+from consent.gate import UNCHECKED, Decision, watch_grant
+from runtime.logs import get_logger
 
 if TYPE_CHECKING:
     from consent.epoch_feed import EpochFeed
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     from consent.store import ConsentStore
 
 ALLOWED, FORBIDDEN, UNAVAILABLE = 200, 403, 503
+log = get_logger("likeness.session")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +209,19 @@ class _AdmissionGate:
 
 
 async def watch_admission(
-    check: AdmissionCheck, every_s: float, on_allowed: Callable[[Admission], None]
+    check: AdmissionCheck,
+    every_s: float,
+    on_allowed: Callable[[Admission], None],
+    *,
+    blind_after_s: float = 5.0,
 ) -> Decision:
     """Wait until the admission of a face's session is refused; return the refusal.
 
     Through ``consent.gate.watch_grant``: asks now, then again whenever the revocation
     epoch moves or the face's grant expires; ends at once when the gate's epoch feed
-    is blind (PostgreSQL: this node no longer hears of revokes). ``on_allowed`` is
+    is blind (PostgreSQL: this node no longer hears of revokes), and when the database
+    has not answered a re-check for ``blind_after_s`` seconds (``consent.blind_after_s``;
+    a non-retryable error ends it at once). ``on_allowed`` is
     called, in a worker thread, with each allowed admission (the grant may change:
     follow it). The caller must then withdraw the face; cancel the task to stop watching.
 
@@ -228,6 +237,7 @@ async def watch_admission(
         deployment=check.deployment,
         purpose=check.purpose,
         every_s=every_s,
+        blind_after_s=blind_after_s,
     )
 
 
@@ -237,10 +247,15 @@ async def hold_admission(
     every_s: float,
     on_allowed: Callable[[Admission], None],
     on_refused: Callable[[str], Awaitable[None]],
+    *,
+    blind_after_s: float = 5.0,
 ) -> None:
     """A session's use of a face, from start to end: audited as ``use_start``, watched
     with :func:`watch_admission`; ``await on_refused(reason)`` once refused, then
     audited as ``use_end`` (also when the task is cancelled: the session ended).
+
+    Fails closed: should ``use_start`` or the watch itself fail, that is a refusal too
+    (the reason is ``consent.gate.UNCHECKED``; the error is logged).
     """
     face, gate = check.face, check._gate
     if face is None:
@@ -248,10 +263,15 @@ async def hold_admission(
     record = partial(
         gate.record_use, avatar_id=face.avatar_id, deployment=check.deployment, session=session
     )
-    await asyncio.to_thread(record, "use_start")
     try:
-        refusal = await watch_admission(check, every_s, on_allowed)
-        await on_refused(refusal.reason)
+        try:
+            await asyncio.to_thread(record, "use_start")
+            watch = watch_admission(check, every_s, on_allowed, blind_after_s=blind_after_s)
+            reason = (await watch).reason
+        except Exception as err:  # noqa: BLE001 - no answer is no permission
+            log.error("consent watch failed: face withdrawn", session=session, error=repr(err))
+            reason = UNCHECKED
+        await on_refused(reason)
     finally:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(record, "use_end")

@@ -190,6 +190,7 @@ class Companion:
             purpose=s.consent.purpose,
             want_voice=True,
             every_s=s.consent.recheck_ms / 1000,
+            blind_after_s=s.consent.blind_after_s,
             actor="tts",
         )
         log.warning("voice permission withdrawn", reason=refusal.reason)

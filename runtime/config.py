@@ -250,12 +250,13 @@ class ConsentConfig(_Section):
     # channel is down this long may miss a revoke, so it ends its real-face sessions.
     # 5 s rides out a PostgreSQL restart or a dropped link (reconnects retry every
     # 0.1-1 s); past it, a revoke made meanwhile could go unheard, so real faces stop
-    # (docs/deployment.md, "Several nodes, one consent store").
+    # (docs/deployment.md, "Several nodes, one consent store"). The same bound holds for
+    # a session's re-check (SQLite too): retried while the database fails, then it ends.
     blind_after_s: float = Field(
         5.0,
         ge=1,
         le=60,
-        description="PostgreSQL: revocation channel down this long ends real-face sessions",
+        description="consent database or its revocation channel down this long: real faces end",
     )
     keep_clips_days: int = Field(
         0, ge=0, le=365, description="0 = liveness clips are discarded after the check"

@@ -9,7 +9,8 @@ Stages (each an asyncio task owned by the session)::
     video task:  generator frames ─▶ media time ─▶ VideoOut.put; schedules the held audio
                  on AudioOut at the same media time, so lips and sound share one clock
     consent task (a real person's face): re-asks the admission when the revocation
-                 epoch moves or the grant expires; a refusal withdraws the face
+                 epoch moves or the grant expires; a refusal, or a database that does
+                 not answer (fail closed), withdraws the face
     liveness:    a heartbeat to the client; the session ends when the client is silent
                  or an outbound track fails (:mod:`runtime.liveness`)
 
@@ -228,9 +229,17 @@ class Session:
             self._on_close(self.id)
 
     async def _watch_consent(self, consent: AdmissionCheck) -> None:
-        """The face's use, audited; re-asked when the epoch moves or the grant expires."""
-        every = self.settings.consent.recheck_ms / 1000
-        await hold_admission(consent, self.id, every, self._follow_grant, self.withdraw)
+        """The face's use, audited; re-asked when the epoch moves or the grant expires.
+        A re-check the database does not answer within ``consent.blind_after_s`` ends it."""
+        s = self.settings.consent
+        await hold_admission(
+            consent,
+            self.id,
+            s.recheck_ms / 1000,
+            self._follow_grant,
+            self.withdraw,
+            blind_after_s=s.blind_after_s,
+        )
 
     def _follow_grant(self, admission: Admission) -> None:
         """Still allowed, maybe under another grant: from now on the frames carry the

@@ -278,3 +278,83 @@ def test_a_face_taken_off_the_deployment_list_is_withdrawn_within_one_recheck(tm
     assert message["reason"] == "permission withdrawn"
     assert removed < ended <= removed + 0.2 + 1e-9, f"ended {ended - removed:.3f} s after"
     assert [(t, s) for t, s in h.sinks.video if t > ended + 1e-6] == [], "a frame after the end"
+
+
+def database_gone(gate, data_dir):
+    """The consent database stops answering, as when its volume is lost: its folder is
+    moved away and the store's pooled connections are closed (a new one cannot open).
+    Returns a function that brings it back."""
+    here, away = data_dir / "consent", data_dir / "consent-away"
+    here.rename(away)
+    gate.store.close()
+    return lambda: away.rename(here)
+
+
+FAIL_CLOSED = {"consent": {"recheck_ms": 200, "blind_after_s": 1.0}}
+
+
+def test_a_consent_database_that_stops_answering_withdraws_the_face_after_the_bound(
+    tmp_path, granted
+):
+    """The database goes at F while the face is shown: the re-checks fail and are retried
+    every 200 ms, and once the first failed read is ``blind_after_s`` (1 s) old the
+    session ends as on a refusal (fail closed), with the plain reason logged; not one
+    frame after the end. The synthetic face needs no consent and is never re-checked."""
+    from structlog.testing import capture_logs
+
+    from consent.gate import UNCHECKED
+
+    gate, world, grant, face = granted
+
+    async def scenario(clock):
+        check = admission_for(gate, face)
+        async with Harness(clock, tmp_path, avatar=face, consent=check, config=FAIL_CLOSED) as h:
+            await h.until(1.0)
+            failed = clock.t
+            database_gone(gate, tmp_path)
+            await h.wait_for("state", state="ended")
+            return h, failed
+
+    with capture_logs() as logs:
+        h, failed = run(scenario)
+    ended, message = h.first("state", state="ended")
+    assert message["reason"] == "permission withdrawn"
+    # The first failed read comes at the next poll (within 200 ms), the end 1 s after it.
+    assert failed + 1.0 < ended <= failed + 0.2 + 1.0 + 1e-9, f"ended {ended - failed:.3f} s after"
+    assert [(t, s) for t, s in h.sinks.video if t > ended + 1e-6] == [], "a frame after the end"
+    retries = [e for e in logs if e["event"] == "consent re-check failed; retrying"]
+    assert len(retries) >= 4 and "database unavailable" in retries[0]["error"]
+    [withdrawn] = [e for e in logs if e["event"] == "permission withdrawn"]
+    assert withdrawn["reason"] == UNCHECKED
+
+    async def synthetic(clock):
+        async with Harness(clock, tmp_path, config=FAIL_CLOSED) as h:
+            await h.until(3.0)
+            return h
+
+    assert run(synthetic).first("state", state="ended")[1]["reason"] == "test over"
+
+
+def test_a_consent_database_back_within_the_bound_keeps_the_session(tmp_path, granted):
+    """Gone for 0.5 s, less than ``blind_after_s``: the retried re-check gets its answer
+    and the face goes on; a revoke after that still ends the session within one re-check."""
+    gate, world, grant, face = granted
+
+    async def scenario(clock):
+        check = admission_for(gate, face)
+        async with Harness(clock, tmp_path, avatar=face, consent=check, config=FAIL_CLOSED) as h:
+            await h.until(1.0)
+            back = database_gone(gate, tmp_path)
+            await h.until(1.5)
+            back()
+            await h.until(4.0)
+            assert h.first("state", state="ended") is None, "ended by a blip within the bound"
+            revoked = clock.t
+            gate.store.revoke(grant.id, by="subject", reason="changed my mind")
+            await h.wait_for("state", state="ended")
+            return h, revoked
+
+    h, revoked = run(scenario)
+    ended, message = h.first("state", state="ended")
+    assert message["reason"] == "permission withdrawn"
+    assert revoked <= ended <= revoked + 0.2 + 1e-9  # (a poll may fall on the instant)
