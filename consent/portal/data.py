@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from consent.errors import AlreadyRevokedError
 from consent.grants import ALL, format_time
 from consent.models import AuditRow, Avatar, LivenessRecord
 from consent.portal.accounts import links_of
@@ -211,25 +210,21 @@ def export(store: ConsentStore, subject_id: str, *, by: str, now: datetime) -> d
 
 
 def delete_data(store: ConsentStore, subject_id: str, *, by: str, now: datetime) -> dict[str, Any]:
-    """Revoke every live grant of a subject, then purge their data and shred their key.
+    """Revoke every live grant of a subject and purge their data and shred their key,
+    in one transaction (``ConsentStore.purge_subject``: live sessions of their faces end).
 
     Grants, revocations and audit entries stay (they hold no biometric data).
 
     Returns:
         ``{"revoked": [grant ids], "avatars": [purged avatar ids]}``.
     """
-    revoked = []
-    for record in store.list_grants(subject_id):
-        if record.revoked or record.grant.expires_at <= now:
-            continue
-        try:
-            store.revoke(record.grant.id, by=by, reason="the subject's data was deleted")
-            revoked.append(record.grant.id)
-        except AlreadyRevokedError:
-            pass
-    avatars = store.purge_subject(subject_id, by=by, reason="deleted from the consent portal")
+    records = store.list_grants(subject_id)
+    live = [r.grant.id for r in records if not r.revoked and r.grant.expires_at > now]
+    avatars = store.purge_subject(
+        subject_id, by=by, reason="deleted from the consent portal", now=now
+    )
     forget_avatars(store, avatars)
-    return {"revoked": revoked, "avatars": list(avatars)}
+    return {"revoked": live, "avatars": list(avatars)}
 
 
 __all__ = [

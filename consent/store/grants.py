@@ -1,4 +1,10 @@
-"""Grants: issue (on a liveness record), read, revoke, and purge a subject's data."""
+"""Grants: issue (on a liveness record), read, revoke, and purge a subject's data.
+
+A grant is signed and never edited (an altered field fails its signature at the gate):
+narrowing a grant's deployments or purposes means issuing the narrower grant and revoking
+the old one, and the revoke moves the revocation epoch. Every change here that withdraws
+permission (a revoke, a subject's data deleted) moves it (``StoreBase._next_epoch``).
+"""
 
 from __future__ import annotations
 
@@ -204,30 +210,7 @@ class GrantsMixin:
                 raise AlreadyRevokedError(f"grant {grant_id} was already revoked")
             self._next_epoch(s, state)
             subject = row.subject_id
-            s.add(
-                Revocation(
-                    grant_id=grant_id,
-                    subject_id=subject,
-                    revoked_by=by,
-                    reason=reason,
-                    revoked_at=at,
-                    epoch=state.epoch,
-                )
-            )
-            self._audit(
-                s,
-                state,
-                by,
-                "revoke",
-                subject,
-                {
-                    "grant_id": grant_id,
-                    "avatar_id": row.avatar_id,
-                    "reason": reason,
-                    "epoch": state.epoch,
-                },
-                at,
-            )
+            self._add_revocation(s, state, grant_from_row(row), by=by, reason=reason, at=at)
             s.flush()
             live = [
                 r.grant
@@ -266,17 +249,53 @@ class GrantsMixin:
             purger(subject, dropped)
         return info
 
+    def _add_revocation(
+        self, s: Session, state: State, grant: Grant, *, by: str, reason: str, at: datetime
+    ) -> None:
+        """Inside a write transaction whose epoch was just moved: revoke ``grant``, audited."""
+        s.add(
+            Revocation(
+                grant_id=grant.id,
+                subject_id=grant.subject,
+                revoked_by=by,
+                reason=reason,
+                revoked_at=at,
+                epoch=state.epoch,
+            )
+        )
+        details = {
+            "grant_id": grant.id,
+            "avatar_id": grant.avatar_id,
+            "reason": reason,
+            "epoch": state.epoch,
+        }
+        self._audit(s, state, by, "revoke", grant.subject, details, at)
+
     def purge_subject(
         self, subject_id: str, *, by: str, reason: str, now: datetime | None = None
     ) -> tuple[str, ...]:
-        """Delete a subject's embeddings and files and shred their data key (idempotent).
+        """Delete a subject: revoke their live grants, delete their embeddings and files
+        and shred their data key, in one transaction (idempotent).
 
-        Returns the ids of the subject's avatars. Grants and audit entries stay (they
-        hold no biometric data); the encrypted data that may remain in backups cannot
-        be read once the key is gone.
+        A deleted subject has given no permission any more: their live grants are revoked
+        (``reason``) under one new revocation epoch, so every live session of their faces
+        re-asks its admission and ends. With no live grant left the epoch stays.
+
+        Returns the ids of the subject's avatars. Grants, revocations and audit entries
+        stay (they hold no biometric data); the encrypted data that may remain in backups
+        cannot be read once the key is gone.
         """
         at = utc(now) if now else utcnow()
         with self._write("purge subject") as (s, state):
+            live = [
+                r.grant
+                for r in self._records(s, GrantRow.subject_id == subject_id)
+                if not r.revoked and r.grant.expires_at > at
+            ]
+            if live:
+                self._next_epoch(s, state)
+            for grant in live:
+                self._add_revocation(s, state, grant, by=by, reason=reason, at=at)
             avatars = self._purge_rows(s, state, subject_id, by=by, reason=reason, at=at)
         self._after_purge(subject_id, avatars)
         return avatars
