@@ -19,8 +19,10 @@ from typing import Any
 
 from avatar.models.errors import ModelConfigError
 
-CONFIG_VERSION = 1
-"""Version of the config layout stored in checkpoints; a mismatch refuses to load."""
+CONFIG_VERSION = 2
+"""Version of the config layout stored in checkpoints; a mismatch refuses to load.
+2: the motion encoder's head reads a grid of places (``MotionCodeConfig.encoder_grid``)
+instead of one image-wide mean."""
 
 MEL_FRAMES_PER_SECOND = 100
 """The audio feature contract: log-mel frames per second (16 kHz audio, hop 160)."""
@@ -114,12 +116,18 @@ class MotionCodeConfig:
         n_kp: number of implicit 3D keypoints.
         encoder_channels: channels of the motion encoder's stride-2 stages.
         encoder_hidden: width of the motion encoder's head.
+        encoder_grid: the encoder's last feature map is averaged down to this many
+            cells a side, and the head reads every cell: it knows *where* a feature is.
+            An image-wide mean (the first layout) lost the place, and with it the
+            lip gap, a pixel or two on a small crop: encoders trained that way
+            learned no mouth opening on most seeds (docs/training.md).
         groups: GroupNorm groups.
     """
 
     n_kp: int = 15
     encoder_channels: tuple[int, ...] = (32, 64, 128, 256)
     encoder_hidden: int = 256
+    encoder_grid: int = 8
     groups: int = 8
 
     def __post_init__(self) -> None:
@@ -127,6 +135,7 @@ class MotionCodeConfig:
             "MotionCodeConfig",
             n_kp=self.n_kp,
             encoder_hidden=self.encoder_hidden,
+            encoder_grid=self.encoder_grid,
             groups=self.groups,
         )
         _require(len(self.encoder_channels) >= 1, "MotionCodeConfig.encoder_channels is empty")

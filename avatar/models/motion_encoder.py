@@ -35,8 +35,10 @@ class MotionEncoder(nn.Module):
             layers += [nn.Conv2d(prev, c, 3, stride=2, padding=1), ResBlock2d(c, c, config.groups)]
             prev = c
         self.features = nn.Sequential(*layers)
+        # A grid of places, not one mean: the head must know where the lips are.
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(config.encoder_grid), nn.Flatten())
         self.head = nn.Sequential(
-            nn.Linear(prev, config.encoder_hidden),
+            nn.Linear(prev * config.encoder_grid**2, config.encoder_hidden),
             nn.SiLU(),
             nn.Linear(config.encoder_hidden, config.code_dim),
         )
@@ -48,4 +50,4 @@ class MotionEncoder(nn.Module):
 
     def forward(self, image: Tensor) -> Tensor:
         """Encode ``image``; returns the motion code [B, code_dim]."""
-        return self.head(self.features(image).mean(dim=(2, 3)))
+        return self.head(self.pool(self.features(image)))

@@ -47,7 +47,7 @@ def test_round_trip_is_bit_identical_with_the_config_embedded(tmp_path, tiny, st
     with safe_open(str(file), framework="pt") as f:
         meta = f.metadata()
         names = set(f.keys())
-    assert meta[KEY_CLASS] == "DualBranchGenerator" and meta[KEY_VERSION] == "1"
+    assert meta[KEY_CLASS] == "DualBranchGenerator" and meta[KEY_VERSION] == "2"
     assert config_from_dict(GeneratorConfig, json.loads(meta[KEY_CONFIG])) == config
     assert names == set(model.state_dict())  # buffers such as code_mean travel too
 
@@ -120,7 +120,11 @@ def test_no_embedded_config(tmp_path, saved):
 def test_wrong_config_version_or_class(tmp_path, saved):
     state, meta = saved
     file = _save_raw(tmp_path / "v9.safetensors", state, {**meta, KEY_VERSION: "9"})
-    with pytest.raises(CheckpointError, match="config version 9, this likeness reads version 1"):
+    with pytest.raises(CheckpointError, match="config version 9, this likeness reads version 2"):
+        DualBranchGenerator.from_pretrained(file)
+    # Version 1's motion encoder pooled one image-wide mean: its weights fit no more.
+    file = _save_raw(tmp_path / "v1.safetensors", state, {**meta, KEY_VERSION: "1"})
+    with pytest.raises(CheckpointError, match="config version 1, this likeness reads version 2"):
         DualBranchGenerator.from_pretrained(file)
     file = _save_raw(tmp_path / "other.safetensors", state, {**meta, KEY_CLASS: "SomethingElse"})
     with pytest.raises(CheckpointError, match="holds a SomethingElse, not a DualBranchGenerator"):
