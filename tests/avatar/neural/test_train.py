@@ -27,10 +27,11 @@ say weights 0.28 (0.28) × the untrained student's. The whole file: about 3 minu
 The mouth: the lip gap is a pixel or two on these 64 px crops, and the motion encoder
 reads it only because its head sees a grid of places (``MotionCodeConfig.encoder_grid``):
 with one image-wide mean, the mesh's crops taught no mouth-audio link and dlib's only on
-a lucky seed (docs/training.md). With the grid, over the training seeds 0-3 on the
-mesh's crops the teacher's mouth-audio correlation at w_a 1 was 0.55, 0.64, 0.09 and 0.55
-(scripts outside this file, so not this file's figures): seed 2's stage 1 still learned
-no lip gap in 150 steps (0.51 with 300).
+a lucky seed (docs/training.md). With the grid, over the training seeds 0-4 on the
+mesh's crops the teacher's mouth-audio correlation at w_a 1 was 0.55, 0.64, 0.09, 0.55
+and 0.40 (scripts outside this file, so not this file's figures): seed 2's stage 1
+learned no lip gap in 150 steps. 300 steps taught all five (0.51-0.63) but then the
+distillation missed its bound here (0.54 × at (2, 1.5)): still to be understood.
 
 Known limit: these figures are for this corpus (seed 0). With every corpus seed moved by
 200 the tiny models learned far less (measured before the grid head; the codes of the
