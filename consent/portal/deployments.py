@@ -134,7 +134,9 @@ def save_deployment(
     name = check_name(name)
     description = check_text(description, "description", limit=MAX_DESCRIPTION, required=False)
     at = utcnow()
-    with Session(store.engine) as s, s.begin():
+    # The list and the epoch change together: a live session of a face taken off the
+    # list re-asks (and ends) when this commits.
+    with store.withdrawing("deployment list") as s:
         ids = _check_avatars(s, avatars if avatars is not None else [])
         row = s.get(Deployment, name)
         if create:
@@ -153,8 +155,6 @@ def save_deployment(
         s.add_all([DeploymentAvatar(deployment=name, avatar_id=a) for a in ids])
         s.flush()
         info = _info(s, row)
-    # A live session of a face taken off the list must end now, not at the next revoke.
-    store.move_epoch("deployment list")
     store.append_audit(
         by,
         "deployment",
@@ -171,12 +171,10 @@ def delete_deployment(store: ConsentStore, name: str, *, by: str) -> None:
     Raises:
         PortalError: 404 when there is no deployment with that name.
     """
-    with Session(store.engine) as s, s.begin():
+    with store.withdrawing("deployment list") as s:
         s.execute(delete(DeploymentAvatar).where(DeploymentAvatar.deployment == name))
-        gone = s.execute(delete(Deployment).where(Deployment.name == name)).rowcount
-    if gone != 1:
-        raise PortalError(404, f"no deployment called {name[:80]!r}")
-    store.move_epoch("deployment list")
+        if s.execute(delete(Deployment).where(Deployment.name == name)).rowcount != 1:
+            raise PortalError(404, f"no deployment called {name[:80]!r}")
     store.append_audit(by, "deployment", None, {"action": "deleted", "name": name})
 
 

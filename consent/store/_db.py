@@ -187,10 +187,20 @@ class StoreBase:
             return int(conn.execute(select(State.epoch).where(State.id == 1)).scalar_one())
 
     def move_epoch(self, what: str) -> int:
-        """Move the revocation epoch without a revoke, so every live session asks its
-        admission again (a deployment's list of faces changed); returns the new epoch."""
+        """Move the revocation epoch without a change of its own, so every live session
+        asks its admission again; returns the new epoch. A change that withdraws
+        permission moves it in its own transaction instead (:meth:`withdrawing`)."""
         with self._write(what) as (s, state):
             return self._next_epoch(s, state)
+
+    @contextmanager
+    def withdrawing(self, what: str) -> Iterator[Session]:
+        """A write transaction whose changes may withdraw permission (a deployment's list
+        of faces edited): the epoch moves inside it, so live sessions re-ask exactly when
+        the change commits, and a crash between the change and the move cannot happen."""
+        with self._write(what) as (s, state):
+            yield s
+            self._next_epoch(s, state)
 
     def _next_epoch(self, s: Session, state: State) -> int:
         """Move the revocation epoch by one inside write transaction ``s``; returns it.

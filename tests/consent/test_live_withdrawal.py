@@ -13,8 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from consent.epoch_feed import EpochFeed
 from consent.gate import ConsentGate
+from consent.portal.auth import PortalError
+from consent.portal.deployments import delete_deployment, get_deployment, save_deployment
 from consent.store import ConsentStore
 from tests.consent.conftest import World
 from tests.consent.test_epoch_feed import stamped, watching
@@ -59,3 +63,28 @@ async def test_deleting_a_subject_ends_a_live_watch_within_a_second(
     # Deleting again withdraws nothing more: the epoch stays.
     store.purge_subject(world.subject, by="operator", reason="erasure request")
     assert store.epoch() == before + 1
+
+
+def test_a_deployment_edit_moves_the_epoch_in_its_own_transaction(
+    store: ConsentStore, signing_keys
+):
+    """The list and the epoch change together (``ConsentStore.withdrawing``): a good
+    edit or delete moves the epoch once; a refused one (an unknown avatar, a deployment
+    that is not there) changes neither the list nor the epoch."""
+    world = World(store, signing_keys)
+    epoch = store.epoch()
+    save_deployment(store, name="kiosk-a", description="", avatars=[world.avatar], by="op",
+                    create=True)  # fmt: skip
+    assert store.epoch() == epoch + 1
+    with pytest.raises(PortalError):
+        save_deployment(store, name="kiosk-a", description="", avatars=["0" * 64], by="op",
+                        create=False)  # fmt: skip
+    assert store.epoch() == epoch + 1
+    assert get_deployment(store, "kiosk-a").avatars == (world.avatar,)
+    save_deployment(store, name="kiosk-a", description="", avatars=[], by="op", create=False)
+    assert store.epoch() == epoch + 2
+    with pytest.raises(PortalError):
+        delete_deployment(store, "kiosk-b", by="op")
+    assert store.epoch() == epoch + 2
+    delete_deployment(store, "kiosk-a", by="op")
+    assert store.epoch() == epoch + 3 and get_deployment(store, "kiosk-a") is None
