@@ -5,7 +5,8 @@ ends within a second, on SQLite (polled every 0.2 s) and on PostgreSQL (pushed).
 Grants are signed and never edited, so a narrower scope is a new grant plus a revoke
 of the old one (``tests/consent/test_store.py`` and ``test_epoch_feed.py`` cover the
 revoke); a face taken off a deployment's list is covered in
-``tests/runtime/test_session_harness.py``.
+``tests/runtime/test_session_harness.py``, and here that the edit moves the epoch in
+the same transaction as the list.
 """
 
 from __future__ import annotations
