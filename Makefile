@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng ffmpeg sox chromium postgresql g++ coturn iptables
+APT_PACKAGES := espeak-ng ffmpeg sox chromium postgresql g++ coturn iptables haproxy
 # llama-cpp-python builds from source (the registry has no wheel). Skip the parts we
 # don't use (~4 min instead of ~10 on two cores) and build for a portable AVX2 CPU:
 # a native build turns on AMX kernels that crash (SIGSEGV) on these virtual machines.

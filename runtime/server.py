@@ -16,6 +16,8 @@ Routes::
     *    /api/consent/... the consent portal's JSON API (consent/portal; 401 unsigned)
     GET  /health          200 {"status": "ready", ...} once the models are loaded (on
                           PostgreSQL also "revocation_channel": the epoch feed's state)
+    GET  /health/room     the same body plus "room"; 200 only while ready with a session
+                          free, else 503: a load balancer's health check (deploy/haproxy.cfg)
     GET  /metrics         Prometheus text
     GET  /                the chat page; /kiosk.html the kiosk; /portal/ the consent
                           portal (web/static)
@@ -140,10 +142,9 @@ def create_app(settings: Settings) -> Starlette:
             return JSONResponse({"error": str(err)}, err.status, headers=err.headers)
         return JSONResponse(page, headers={"Cache-Control": "no-store"})
 
-    async def health(_: Request) -> Response:
-        ready = companion.models is not None
+    def health_body() -> dict:
         body = {
-            "status": "ready" if ready else "loading",
+            "status": "ready" if companion.models is not None else "loading",
             "sessions": len(companion.sessions),
             "max_sessions": settings.server.max_sessions,
             "uptime_s": round(time.time() - started, 1),
@@ -152,7 +153,20 @@ def create_app(settings: Settings) -> Starlette:
         feed = companion.gate.feed if companion.gate is not None else None
         if feed is not None:  # PostgreSQL: is this node still hearing of revokes?
             body["revocation_channel"] = feed.health()
-        return JSONResponse(body, status_code=200 if ready else 503)
+        return body
+
+    async def health(_: Request) -> Response:
+        body = health_body()
+        return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+    async def health_room(_: Request) -> Response:
+        """Whether this node can take one more session now: 200 while it is ready and a
+        session is free, 503 while it loads or is full. A balancer checks this route and
+        sends new offers elsewhere while it fails; plain ``/health`` stays 200 on a full
+        node (the node is alive, only busy)."""
+        body = health_body()
+        body["room"] = body["status"] == "ready" and body["sessions"] < body["max_sessions"]
+        return JSONResponse(body, status_code=200 if body["room"] else 503)
 
     async def metrics(_: Request) -> Response:
         return Response(generate_latest(companion.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -187,6 +201,7 @@ def create_app(settings: Settings) -> Starlette:
             Route("/api/rtc/ice", rtc_ice, methods=["POST"]),
             Route("/api/config", config),
             Route("/health", health),
+            Route("/health/room", health_room),
             Route("/metrics", metrics),
             # /api/consent; the enrolment ceremony's two peers get the same ICE servers
             portal_mount(for_gate(settings, lambda: companion.gate, current_ice)),
