@@ -11,10 +11,15 @@ Layout of a key directory (mode 0700, every file 0600)::
 A key file or directory that group or others can access is refused with
 ``KeyPermissionError`` (the message gives the ``chmod`` that fixes it); nothing is
 loosened or fixed silently.
+
+Several nodes may share one key directory (docs/deploy.md): a key made when none is
+there is created exclusively (:func:`_create_private`), so of two processes making it
+at once both end up using the first one's, never each its own.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -51,8 +56,11 @@ def _check_private_dir(path: Path) -> None:
 
 
 def _ensure_private_dir(path: Path) -> None:
-    if not path.exists():
+    try:
         path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass  # there already (another node on a shared folder may have just made it)
+    else:
         os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
     _check_private_dir(path)
 
@@ -71,8 +79,8 @@ def _read_private(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new 0600 file atomically (temp file + rename)."""
+def _temp_private(path: Path, data: bytes) -> Path:
+    """``data`` in a new 0600 temp file beside ``path``, on disk; returns the temp file."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -81,7 +89,38 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    return tmp
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new 0600 file atomically (temp file + rename)."""
+    os.replace(_temp_private(path, data), path)
+
+
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}  # a file system without hard links
+
+
+def _create_private(path: Path, data: bytes) -> bool:
+    """Create ``path`` (0600) holding ``data`` unless it exists; True if this call made it.
+
+    Atomic and exclusive (a hard link of a temp file, which fails where ``path``
+    exists, unlike a rename): of two processes creating the same key at once, the
+    second keeps the first one's file. On a file system without hard links it falls
+    back to a rename (the last writer wins).
+    """
+    tmp = _temp_private(path, data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as err:
+        if err.errno not in _NO_LINKS:
+            raise
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True
 
 
 class SigningKeys:
@@ -110,17 +149,26 @@ class SigningKeys:
         path = Path(directory)
         _ensure_private_dir(path)
         if not (path / _CURRENT).exists():
-            cls._create_key(path)
+            cls._create_key(path, replace=False)
         return cls._read(path)
 
     @staticmethod
-    def _create_key(path: Path) -> str:
+    def _create_key(path: Path, *, replace: bool) -> str:
+        """Make a key pair and make it current (``replace``: even if a key is current).
+
+        Without ``replace`` it becomes current only if no key is (another node may make
+        one at the same moment): else its private key is deleted unused (the public one
+        stays, verifying nothing) and the current key is the other node's.
+        """
         private = Ed25519PrivateKey.generate()
         kid = key_id_of(private.public_key())
         raw_public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
         _write_private(path / f"ed25519-{kid}.pub", raw_public)
         _write_private(path / f"ed25519-{kid}.key", private.private_bytes_raw())
-        _write_private(path / _CURRENT, kid.encode("ascii"))
+        if replace:
+            _write_private(path / _CURRENT, kid.encode("ascii"))
+        elif not _create_private(path / _CURRENT, kid.encode("ascii")):
+            (path / f"ed25519-{kid}.key").unlink()
         return kid
 
     @classmethod
@@ -158,7 +206,7 @@ class SigningKeys:
             The new key id. Grants signed earlier keep verifying with the old public key.
         """
         old = self.directory / f"ed25519-{self.key_id}.key"
-        kid = self._create_key(self.directory)
+        kid = self._create_key(self.directory, replace=True)
         fresh = self._read(self.directory)
         self._private, self._public, self.key_id = fresh._private, fresh._public, kid
         old.unlink(missing_ok=True)
@@ -191,7 +239,7 @@ class SubjectKeys:
         _ensure_private_dir(path / "subjects")
         master_path = path / _MASTER
         if not master_path.exists():
-            _write_private(master_path, secrets.token_bytes(32))
+            _create_private(master_path, secrets.token_bytes(32))
         master = _read_private(master_path)
         if len(master) != 32:
             raise KeyFileError(f"master key {master_path} must hold 32 bytes, has {len(master)}")
@@ -212,7 +260,7 @@ class SubjectKeys:
                 )
             nonce = secrets.token_bytes(_NONCE)
             wrapped = self._master.encrypt(nonce, secrets.token_bytes(32), subject.encode())
-            _write_private(path, nonce + wrapped)
+            _create_private(path, nonce + wrapped)
         blob = _read_private(path)
         try:
             return self._master.decrypt(blob[:_NONCE], blob[_NONCE:], subject.encode())

@@ -16,7 +16,7 @@ import secrets
 from pathlib import Path
 
 from consent.errors import KeyFileError
-from consent.keys import _ensure_private_dir, _read_private, _write_private
+from consent.keys import _create_private, _ensure_private_dir, _read_private
 
 KEY_FILE = "watermark.key"
 KEY_BYTES = 32
@@ -62,8 +62,8 @@ class WatermarkKey:
                 "dir that served them; point LIKENESS_DATA_DIR at that data dir"
             )
         _ensure_private_dir(path)
-        if not file.exists():
-            _write_private(file, secrets.token_bytes(KEY_BYTES))
+        if not file.exists():  # two nodes on a shared folder: both keep the first one's
+            _create_private(file, secrets.token_bytes(KEY_BYTES))
         return cls(_read_private(file))
 
     def stream(self, label: str, nbytes: int) -> bytes:

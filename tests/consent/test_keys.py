@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from consent.errors import DecryptError, KeyPermissionError, ShreddedError
+from consent.errors import DecryptError, KeyFileError, KeyPermissionError, ShreddedError
 from consent.grants import sign, verify_signature
 from consent.keys import SigningKeys, SubjectKeys, key_id_of
+from consent.watermark_key import WatermarkKey
 from tests.consent.samples import make_grant
 
 
@@ -91,3 +94,38 @@ def test_subject_key_files_are_private_and_named_by_hash(tmp_path):
     keys.encrypt("../../etc/passwd", b"x")
     files = list((tmp_path / "d" / "subjects").iterdir())
     assert len(files) == 1 and _mode(files[0]) == 0o600 and "passwd" not in files[0].name
+
+
+def _node(root, start: threading.Barrier) -> tuple[str, str, SubjectKeys, bytes]:
+    """What a node's start-up and first session make in a shared folder, all at once
+    with another node: the signing key, the data keys (a subject's too), the watermark
+    key. Returns the ids of the keys it uses, its data keys and what it encrypted."""
+    start.wait()
+    signing = SigningKeys.load(root / "signing")
+    data = SubjectKeys.load(root / "keys")
+    blob = data.encrypt("ann", b"embedding")
+    return signing.key_id, WatermarkKey.load(root / "signing").key_id, data, blob
+
+
+def _opens(keys: SubjectKeys, blob: bytes) -> bool:
+    try:
+        return keys.decrypt("ann", blob) == b"embedding"
+    except (DecryptError, KeyFileError):
+        return False
+
+
+def test_two_nodes_making_the_keys_at_once_use_the_same_ones(tmp_path):
+    """Nodes on one shared key folder may start at the same moment: of two making a key
+    at once, both must use the same one. Each its own: a grant signed on one node would
+    not verify on the other, data encrypted on one would not open on the other, and a
+    node's frames would carry a watermark no key on disk can trace."""
+    differed = []
+    for n in range(20):
+        root, start = tmp_path / str(n), threading.Barrier(2)
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.map(_node, [root, root], [start, start])
+        if a[:2] != b[:2] or not (_opens(a[2], b[3]) and _opens(b[2], a[3])):
+            differed.append(n)
+    assert not differed, f"rounds {differed} of 20 left the nodes with different keys"
+    leftovers = [f.name for f in tmp_path.rglob(".*.tmp")]
+    assert not leftovers, leftovers
