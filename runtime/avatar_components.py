@@ -88,6 +88,8 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Batch
             "avatar.backend = 'neural' needs avatar.checkpoint: a save_pretrained folder or "
             ".safetensors file of a trained generator (LIKENESS_AVATAR__CHECKPOINT=PATH)"
         )
+    if a.engine == "ray":
+        return _ray_engine(settings)
     from avatar.errors import AvatarError
     from avatar.errors import ModelNotFoundError as AvatarModelNotFoundError
     from avatar.models.errors import CheckpointError, ModelConfigError
@@ -120,6 +122,59 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Batch
             asyncio.run(scheduler.aclose())
             raise _compile_failed(err) from err
     return scheduler
+
+
+def _ray_engine(settings: Settings) -> BatchScheduler:
+    """``avatar.engine = "ray"``: join the Ray cluster, deploy or attach to the generator
+    pool (its replicas load ``avatar.checkpoint`` and warm up there) and return its
+    client, which every session shares like the local scheduler (docs/ray-serve.md).
+
+    Raises:
+        ConfigError: Ray is not installed, nothing answers at ``avatar.ray.address``,
+            or the pool cannot be deployed or reached (the message says which).
+    """
+    a, r = settings.avatar, settings.avatar.ray
+    try:
+        from avatar.deploy.ray_serve import PoolOptions, connect_ray
+        from avatar.pipelines.ray_engine import RayEngine
+    except ImportError as err:
+        raise ConfigError(
+            f"avatar.engine = 'ray' needs Ray Serve: pip install -e '.[cluster]' ({err})"
+        ) from None
+    from avatar.errors import GeneratorError
+
+    try:
+        pool = PoolOptions(
+            checkpoint=str(Path(a.checkpoint).expanduser().resolve()),
+            runtime=a.runtime,
+            device=a.device,
+            steps=a.steps,
+            compile=a.compile,
+            app=r.app,
+            max_batch_size=r.max_batch_size,
+            batch_wait_timeout_s=r.batch_wait_timeout_s,
+            max_ongoing_requests=r.max_ongoing_requests,
+            min_replicas=r.min_replicas,
+            max_replicas=r.max_replicas,
+            gpus_per_replica=r.gpus_per_replica,
+            cpus_per_replica=r.cpus_per_replica,
+        )
+    except ValueError as err:  # ModelConfigError too
+        raise ConfigError(f"avatar.ray: {err}") from None
+    try:
+        connect_ray(r.address)
+    except GeneratorError as err:
+        raise ConfigError(f"avatar.ray.address={r.address!r}: {err}") from None
+    try:
+        engine = RayEngine.connect(pool, r.deploy, r.wait_s, r.call_timeout_s)
+    except GeneratorError as err:
+        raise ConfigError(f"avatar.engine = 'ray': {err}") from None
+    if abs(engine.spec.fps - a.fps) > 1e-6:
+        raise ConfigError(
+            f"avatar.checkpoint={a.checkpoint!r} cannot be used: the model makes "
+            f"{engine.spec.fps:g} fps video, not {a.fps:g}"
+        )
+    return engine
 
 
 def _compile_failed(err: Exception) -> ConfigError:

@@ -17,7 +17,15 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -132,10 +140,63 @@ class SafetyConfig(_Section):
     webhook_timeout_s: float = Field(5.0, gt=0, le=120)
 
 
+class AvatarRayConfig(_Section):
+    """``avatar.engine = "ray"``: the neural generator on a Ray Serve GPU pool that every
+    session node calls (docs/ray-serve.md). The model keys (checkpoint, runtime, device,
+    steps, compile) are the avatar section's, read by the replicas."""
+
+    address: str = Field(
+        "auto",
+        description="'auto' = the cluster `ray start` runs here; HOST:PORT or ray://HOST:PORT; "
+        "'local' = a private Ray in this process (one host)",
+    )
+    app: str = Field(
+        "likeness-generator", min_length=1, max_length=100, description="Serve application name"
+    )
+    deploy: bool = Field(
+        True, description="deploy the pool when it is not running (else wait for another node)"
+    )
+    wait_s: float = Field(120.0, gt=0, le=3600, description="wait this long for the pool")
+    call_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="a chunk taking longer fails (retryable)"
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="most chunks in one model call")
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, le=1, description="a replica's first chunk waits this long for others"
+    )
+    max_ongoing_requests: int = Field(
+        16, ge=1, le=4096, description="requests one replica takes at once (>= max_batch_size)"
+    )
+    min_replicas: int = Field(1, ge=1, le=1024, description="replicas kept running")
+    max_replicas: int = Field(
+        1, ge=1, le=1024, description="autoscaling ceiling (= min_replicas: fixed)"
+    )
+    gpus_per_replica: float = Field(1.0, ge=0, le=16, description="0 = CPU replicas")
+    cpus_per_replica: float = Field(1.0, gt=0, le=256, description="also its torch threads")
+
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> AvatarRayConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests={self.max_ongoing_requests} is below max_batch_size="
+                f"{self.max_batch_size}: Serve would never batch more than "
+                f"{self.max_ongoing_requests} chunks; set it >= {self.max_batch_size}"
+            )
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"max_replicas={self.max_replicas} is below min_replicas={self.min_replicas}"
+            )
+        return self
+
+
 class AvatarConfig(_Section):
     """Faces and the video generator."""
 
     backend: Literal["procedural", "neural"] = "procedural"
+    engine: Literal["local", "ray"] = Field(
+        "local", description="neural: run the model in this process, or on a Ray Serve pool"
+    )
+    ray: AvatarRayConfig = AvatarRayConfig()
     size: int = Field(512, ge=128, le=2048, description="output frames are size x size")
     checkpoint: str = Field("", description="neural: a save_pretrained folder or .safetensors")
     runtime: Literal["torch", "onnx"] = Field("torch", description="neural: how it runs")

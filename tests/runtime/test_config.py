@@ -47,12 +47,28 @@ def test_config_path_from_environment(tmp_path, monkeypatch):
         ('[tts]\nbackend = "festival"\n', "tts.backend:"),
         ("[vad]\nmin_silence_ms = -5\n", "vad.min_silence_ms:"),
         ('[server]\nport = "eighty"\n', "server.port:"),
+        ('[avatar]\nengine = "remote"\n', "avatar.engine:"),
+        ("[avatar.ray]\nmax_batch_size = 8\nmax_ongoing_requests = 5\n", "avatar.ray: "),
+        ("[avatar.ray]\nmin_replicas = 3\nmax_replicas = 2\n", "avatar.ray: "),
     ],
 )
 def test_bad_file_fails_naming_the_key(tmp_path, text, key):
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path / "c.toml", text))
     assert str(info.value).startswith(key)
+
+
+def test_ray_engine_settings(tmp_path, monkeypatch):
+    """avatar.engine = "ray" and its pool, from the file and the environment; a batch
+    Serve would cap (max_ongoing_requests below max_batch_size) says why."""
+    assert load_config().avatar.engine == "local"
+    cfg = write(tmp_path / "c.toml", '[avatar]\nengine = "ray"\n[avatar.ray]\nmax_replicas = 3\n')
+    monkeypatch.setenv("LIKENESS_AVATAR__RAY__ADDRESS", "10.0.0.5:6379")
+    ray = load_config(cfg).avatar.ray
+    assert (ray.address, ray.max_replicas, ray.min_replicas) == ("10.0.0.5:6379", 3, 1)
+    assert ray.max_ongoing_requests >= ray.max_batch_size
+    with pytest.raises(ConfigError, match="max_ongoing_requests=4 is below max_batch_size=8"):
+        load_config(avatar={"ray": {"max_ongoing_requests": 4}})
 
 
 def test_unknown_env_variable_fails(monkeypatch):
