@@ -150,9 +150,17 @@ class AdmissionCheck:
 
     def __call__(self) -> Admission:
         """Ask the gate (face, then the deployment's list, then the voice, stopping at
-        the first refusal) and decide."""
+        the first refusal) and decide.
+
+        A node blind to revocations asks nothing for a real face and answers 503 at
+        once: its database may be reachable only through a silent link, where every
+        read hangs, and the next node gives the definitive answer.
+        """
         from consent.portal import deployment_allows
 
+        feed = self.gate.feed if self.gate is not None else None
+        if self.face is not None and feed is not None and feed.blind:
+            return Admission(False, UNAVAILABLE, feed.blind_reason())
         face: Decision | None = None
         listed: bool | None = None
         voice: Decision | None = None
@@ -169,7 +177,6 @@ class AdmissionCheck:
                 want_voice=True,
                 actor="tts",
             )
-        feed = self.gate.feed if self.gate is not None else None
         blind = feed.blind_reason() if feed is not None and feed.blind else None
         return decide(
             deployment=self.deployment, face=face, listed=listed, voice=voice, blind=blind

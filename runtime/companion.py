@@ -21,6 +21,7 @@ from aiortc.sdp import candidate_from_sdp
 
 from avatar.types import PreparedAvatar
 from consent.epoch_feed import EpochFeed, FeedOptions
+from consent.errors import StoreError
 from consent.gate import watch_grant
 from consent.retention import SweepReport, sweep_forever
 from runtime import components
@@ -300,7 +301,17 @@ class Companion:
         face = self.avatar(str(body.get("avatar") or default_face))
         deployment = str(body.get("deployment") or settings.consent.deployment)[:80]
         admission = self.admission(settings, face, deployment)
-        decided = await asyncio.to_thread(admission)
+        try:
+            decided = await asyncio.to_thread(admission)
+        except StoreError as err:
+            if not err.retryable:
+                raise
+            # No session was made: a 503 lets the balancer try a node that can read it.
+            log.error("consent database unavailable: offer refused", error=str(err))
+            self.metrics.refused.labels(reason="consent").inc()
+            raise OfferError(
+                503, "the consent database cannot be reached now", {"Retry-After": "2"}
+            ) from None
         if not decided.allowed:
             self.metrics.refused.labels(reason="consent").inc()
             raise OfferError(decided.status, decided.reason)
