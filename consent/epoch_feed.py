@@ -16,11 +16,15 @@ What makes it safe:
   (a backstop for a lost notification, and a probe: a connection that died without a
   word times out and is replaced).
 - A lost connection is reconnected with backoff. If it is not back within
-  ``blind_after_s`` the feed is *blind*: :attr:`EpochFeed.blind` is True, every waiter
-  wakes, and ``consent.gate.watch_grant`` refuses real faces (fail closed). The synthetic
-  face needs no grant, so its sessions go on. Once reconnected (and caught up) the feed is
-  healthy again; a real face is admitted again from the next offer on. Should the
-  listening task ever end by itself, the feed is blind at once.
+  ``blind_after_s``, or a backstop read is not answered within ``blind_after_s`` (a
+  silent link: nothing reset, nothing answered; psycopg gives such a read up only
+  10 s after its timeout, cancelling it), the feed is *blind*: :attr:`EpochFeed.blind`
+  is True, every waiter wakes, and ``consent.gate.watch_grant`` refuses real faces
+  (fail closed). The synthetic face needs no grant, so its sessions go on. Once
+  reconnected (and caught up) the feed is healthy again; a real face is admitted again
+  from the next offer on. Should the listening task ever end by itself, the feed is
+  blind at once. From a link cut silently to blind: at most ``check_s`` of silence,
+  then ``blind_after_s``.
 
 Call :meth:`EpochFeed.start` (it waits for the first connection, at most
 ``blind_after_s``) and :meth:`EpochFeed.stop`. ``runtime.companion`` owns the one feed of
@@ -126,8 +130,8 @@ class EpochFeed:
     def health(self) -> dict[str, object]:
         """The feed's state for ``/health``: ``listening``, ``reconnecting`` or ``blind``,
         the epoch, seconds down, reconnects."""
-        state = "listening" if self._connected else "blind" if self._blind else "reconnecting"
-        down = 0.0 if self._connected else time.monotonic() - self._down_since
+        state = "blind" if self._blind else "listening" if self._connected else "reconnecting"
+        down = 0.0 if state == "listening" else time.monotonic() - self._down_since
         return {
             "state": state,
             "epoch": self._epoch,
@@ -213,7 +217,11 @@ class EpochFeed:
                 async for note in conn.notifies(timeout=self.options.check_s):
                     with contextlib.suppress(ValueError):  # not ours: the read catches up
                         self._set(int(note.payload))
-                self._set(await self._read(conn))
+                # Silence: ask. A silent link is noticed only by this read, so the bound
+                # runs from now: once the read times out, psycopg spends up to 10 s more
+                # trying to cancel it before the connection counts as lost.
+                self._arm()
+                self._heard(await self._read(conn))
 
     async def _read(self, conn: psycopg.AsyncConnection) -> int:
         async with asyncio.timeout(self.options.check_s):
@@ -239,9 +247,25 @@ class EpochFeed:
         self._connected, self._blind, self._epoch = True, False, epoch
         self._signal()
 
+    def _heard(self, epoch: int) -> None:
+        """A backstop read was answered: the link is alive (and no longer blind)."""
+        if self._blind_timer is not None:
+            self._blind_timer.cancel()
+            self._blind_timer = None
+        if self._blind:
+            log.warning("revocation channel back", epoch=epoch)
+            self._blind = False
+            self._signal()
+        self._set(epoch)
+
     def _down(self) -> None:
-        """The connection is down (or not up yet): arm the blind timer, once per outage."""
+        """The connection is down (or not up yet): arm the blind timer."""
         self._connected = False
+        self._arm()
+
+    def _arm(self) -> None:
+        """Blind ``blind_after_s`` from now unless the server is heard from before
+        (once per outage)."""
         if self._blind_timer is None and not self._blind:
             self._down_since = time.monotonic()
             loop = asyncio.get_running_loop()
