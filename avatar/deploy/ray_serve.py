@@ -309,11 +309,17 @@ class GeneratorReplica:
         n = len(items)
         self._serve_sizes[n] = self._serve_sizes.get(n, 0) + 1
         requests = [
-            ChunkRequest(avatar, r.noise, r.context, r.mel, r.visemes, r.weights)
+            ChunkRequest(avatar, *_writable(r.noise, r.context, r.mel, r.visemes, r.weights))
             for avatar, r in items
         ]
         results = await asyncio.gather(*(self.scheduler.chunk(r) for r in requests))
         return [RemoteResult(result, n, self.name) for result in results]
+
+
+def _writable(*arrays: np.ndarray | None) -> list[np.ndarray | None]:
+    """Own copies of arrays Ray deserialized read-only (zero copy), which torch warns
+    about; a chunk's inputs are kilobytes."""
+    return [None if a is None else np.array(a) for a in arrays]
 
 
 async def _fetch_crop(source: FaceSource) -> np.ndarray:
@@ -325,7 +331,7 @@ async def _fetch_crop(source: FaceSource) -> np.ndarray:
             f"released the face or went away): encode the face again ({type(err).__name__})",
             retryable=True,
         ) from None
-    return np.ascontiguousarray(crop, np.float32)
+    return np.array(crop, np.float32)  # an own, writable copy (see _writable)
 
 
 def _replica_name() -> str:
@@ -420,28 +426,33 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
 
 def pool_handle(options: PoolOptions, deploy: bool, wait_s: float = 120.0) -> Any:
     """The ``DeploymentHandle`` of the running pool; with ``deploy`` it is deployed first
-    when it is not running. Blocking; call :func:`connect_ray` first.
+    when it is not running. Blocking, at most about ``wait_s``; call :func:`connect_ray`
+    first.
 
     With several session nodes, let one deploy (``deploy=True``) and the others attach:
     they wait up to ``wait_s`` for the pool to be running.
 
     Raises:
-        GeneratorError: the pool failed to deploy (a bad checkpoint, too few GPUs: the
-            message says), or it is not running after ``wait_s``.
+        GeneratorError: the pool failed to deploy (a checkpoint its replicas cannot
+            load: Serve's message says), or it is not running after ``wait_s`` (for
+            instance no node has the GPUs a replica asks for).
     """
-    state = _app_state(options.app)
-    if state != "RUNNING" and deploy and state not in ("DEPLOYING",):
+    state, _ = _app_state(options.app)
+    if deploy and state in (None, "DEPLOY_FAILED", "UNHEALTHY"):
         _deploy(options)
-    elif state != "RUNNING":
-        _wait_running(options.app, wait_s)
+    _wait_running(options.app, wait_s)
     return serve.get_app_handle(options.app)
 
 
 def _deploy(options: PoolOptions) -> None:
+    """Start the deployment without waiting for it (Serve's public ``serve.run`` waits
+    with no bound, forever when no node has the GPUs asked for); the caller waits."""
+    from ray.serve.api import _run  # ray 2.60's serve.run without the unbounded wait
+
     try:
         serve.start(proxy_location="Disabled")  # sessions call handles: no HTTP proxy
-        serve.run(build_app(options), name=options.app, route_prefix=None)
-    except Exception as err:  # Serve reports a failed deploy as RuntimeError and others
+        _run(build_app(options), _blocking=False, name=options.app, route_prefix=None)
+    except Exception as err:  # Serve reports a refused deploy as RuntimeError and others
         raise GeneratorError(
             f"the generator pool {options.app!r} failed to deploy: {err!s:.800}"
         ) from None
@@ -449,22 +460,38 @@ def _deploy(options: PoolOptions) -> None:
 
 def _wait_running(app: str, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
-    state = _app_state(app)
+    state, message = _app_state(app)
     while state != "RUNNING":
-        if state in ("DEPLOY_FAILED", "UNHEALTHY") or time.monotonic() > deadline:
+        late = time.monotonic() > deadline
+        if state == "DEPLOY_FAILED" or late:
+            waited = f" after {wait_s:g} s" if late else ""
+            said = f": {message:.1000}" if message else ""
             raise GeneratorError(
                 f"the generator pool {app!r} is {state or 'not deployed'} in this Ray "
-                f"cluster (waited {wait_s:g} s); deploy it from one node "
+                f"cluster{waited}{said}; check its replicas (a checkpoint they cannot "
+                "read, no node with the GPUs asked for) or deploy it from one node "
                 "(avatar.ray.deploy = true)"
             )
-        time.sleep(0.5)
-        state = _app_state(app)
+        time.sleep(0.25)
+        state, message = _app_state(app)
 
 
-def _app_state(app: str) -> str | None:
-    """The Serve application's status ("RUNNING", "DEPLOYING", ...), None if absent."""
+def _app_state(app: str) -> tuple[str | None, str]:
+    """The Serve application's status ("RUNNING", "DEPLOYING", ...; None if absent) and
+    Serve's message about it."""
     try:
         found = serve.status().applications.get(app)
     except Exception:  # no Serve instance in the cluster yet
-        return None
-    return None if found is None else str(getattr(found.status, "value", found.status))
+        return None, ""
+    if found is None:
+        return None, ""
+    said = [found.message, *(d.message for d in found.deployments.values())]
+    message = " ".join(_gist(str(m)) for m in said if m and str(m).strip())
+    return str(getattr(found.status, "value", found.status)), message
+
+
+def _gist(message: str) -> str:
+    """Serve's message without the traceback: its first line, and the exception line a
+    traceback ends with."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
