@@ -268,14 +268,8 @@ class RayEngine(BatchScheduler):
         except asyncio.CancelledError:
             response.cancel()
             raise
-        except GeneratorError as err:  # raised in the replica (Ray wraps it as its subclass)
-            retryable = getattr(err, "retryable", True)
-            raise GeneratorError(f"generator pool: {err!s:.500}", retryable=retryable) from None
-        except Exception as err:  # a replica died, Serve refused (back-pressure), ...
-            raise GeneratorError(
-                f"generator pool: {method} failed: {type(err).__name__}: {err!s:.300}",
-                retryable=True,
-            ) from None
+        except Exception as err:  # raised in the replica, a replica died, back-pressure
+            raise _pool_error(method, err) from None
 
     async def aclose(self) -> None:
         """Stop: later calls fail; waits briefly for the faces' drops. The pool, Serve
@@ -292,3 +286,17 @@ class RayEngine(BatchScheduler):
 
 async def _awaited(response: Any) -> Any:
     return await response
+
+
+def _pool_error(method: str, err: Exception) -> GeneratorError:
+    """A failed handle call as a GeneratorError: an error raised in the replica comes
+    back wrapped with Serve's traceback (``RayTaskError``), so its cause says what
+    went wrong; anything else (a replica that died, Serve refusing) may pass on retry."""
+    cause = getattr(err, "cause", None)
+    if isinstance(cause, GeneratorError):
+        return GeneratorError(f"generator pool: {cause}", retryable=cause.retryable)
+    what = cause if isinstance(cause, Exception) else err
+    return GeneratorError(
+        f"generator pool: {method} failed: {type(what).__name__}: {what!s:.300}",
+        retryable=True,
+    )

@@ -24,7 +24,13 @@ ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -e '
 
 from ray import serve  # noqa: E402
 
-from avatar.deploy.ray_serve import PoolOptions, connect_ray, face_id, pool_handle  # noqa: E402
+from avatar.deploy.ray_serve import (  # noqa: E402
+    FaceSource,
+    PoolOptions,
+    connect_ray,
+    face_id,
+    pool_handle,
+)
 from avatar.errors import GeneratorError  # noqa: E402
 from avatar.models.errors import ModelConfigError  # noqa: E402
 from avatar.pipelines.neural import NeuralGenerator, NeuralOptions, generate_clip  # noqa: E402
@@ -224,6 +230,26 @@ async def test_a_pool_that_cannot_load_its_checkpoint_says_so(pool, tmp_path):
         await asyncio.to_thread(serve.delete, "likeness-test-broken")
 
 
+@pytest.mark.slow
+async def test_a_face_whose_node_went_away_is_a_clear_error(engine):
+    """A crop owned by a process that died (a session node gone) cannot be fetched: the
+    replica answers so, instead of hanging or crashing."""
+
+    @ray.remote(num_cpus=0)
+    class Node:
+        def put(self, crop):
+            return [ray.put(crop)]  # in a list: the reference, not the value, comes back
+
+    node = Node.remote()
+    crop = np.zeros((1, 3, 64, 64), np.float32)
+    (ref,) = await node.put.remote(crop)
+    ray.kill(node)
+    await asyncio.sleep(0.5)
+    with pytest.raises(GeneratorError, match="no longer in Ray's object store") as info:
+        await engine._call("encode", face_id("a node that went away"), FaceSource(ref))
+    assert info.value.retryable and "\n" not in str(info.value), "the cause, not a traceback"
+
+
 async def _speak_all(sessions, part, rate) -> list[list]:
     """Push ``part`` to every generator, flush, and collect each one's segment."""
     for gen in sessions:
@@ -330,3 +356,16 @@ async def test_a_replica_that_lost_the_face_encodes_it_again(pool, engine, faces
     assert engine.encoded_avatars == 0
     await engine.aclose()  # waits for the drop
     assert (await _replica_stats(pool))["faces"] == 0, "the last release purged the face"
+
+
+@pytest.mark.slow
+async def test_a_pool_that_does_not_answer_in_time_fails_retryably(engine):
+    """A call past ``call_timeout_s`` fails (retryable) instead of stalling the session,
+    and leaves no face held on the node."""
+    hasty = RayEngine(engine.handle, engine.spec, call_timeout_s=0.001)
+    crop = np.zeros((1, 3, 64, 64), np.float32)
+    with pytest.raises(GeneratorError, match="did not answer encode within 0.001 s") as info:
+        await hasty.encode("late face", crop)
+    assert info.value.retryable and hasty.encoded_avatars == 0
+    await hasty.aclose()
+    await engine._call("drop", face_id("late face"))  # in case the replica encoded it
