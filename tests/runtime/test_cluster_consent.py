@@ -300,6 +300,8 @@ async def test_a_revoke_on_node_a_ends_the_face_on_node_b_within_a_second(world)
             f"(portal answered after {1000 * (answered_at - revoked_at):.0f} ms), "
             f"last face frame {1000 * last[-1]:.0f} ms after the revoke"
         )
+        # The design's promise. Measured 48-344 ms (median 91 ms, 30 revokes over 6 runs,
+        # 2-core machine at load 5-7 from other tests, nice 19): ~3x under the bound.
         assert took[-1] <= 1.0, f"run {run}: took {took[-1]:.2f} s"
     print(spread("revoke on A -> session on B ended", took))
     print(spread("revoke on A -> last face frame from B", last))
@@ -345,6 +347,7 @@ async def test_the_operator_taking_the_face_off_a_deployment_on_node_a_ends_it_o
                 f"{1000 * took[-1]:.0f} ms, last face frame {1000 * (last_face - edited_at):.0f}"
                 " ms after the edit"
             )
+            # Measured 50-166 ms (median 84 ms, 28 edits over 6 runs, same machine).
             assert took[-1] <= 1.0, f"run {run}: took {took[-1]:.2f} s"
     finally:
         await asyncio.to_thread(
@@ -360,6 +363,8 @@ async def test_the_operator_taking_the_face_off_a_deployment_on_node_a_ends_it_o
 # when psycopg gave the read up (its timeout, then 10 s cancelling it): 20.06 s here
 # with a 12 s bound (docs/deployment.md's 2 x check_s + blind_after_s).
 NOTICED_S = {"closed": 0.0, "silent": CHECK_S}
+# Measured (2-core machine at load 5-7, nice 19): closed 2.02-2.30 s against its 2 s
+# bound (7 runs), silent 4.83-5.30 s against its 7 s bound (5 runs).
 SLACK_S = 1.0  # the session's end reaching the client, on a loaded 2-core machine
 
 
