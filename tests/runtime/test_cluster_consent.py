@@ -364,7 +364,8 @@ async def test_the_operator_taking_the_face_off_a_deployment_on_node_a_ends_it_o
 # with a 12 s bound (docs/deployment.md's 2 x check_s + blind_after_s).
 NOTICED_S = {"closed": 0.0, "silent": CHECK_S}
 # Measured (2-core machine at load 5-7, nice 19): closed 2.02-2.30 s against its 2 s
-# bound (7 runs), silent 4.83-5.30 s against its 7 s bound (5 runs).
+# bound (7 runs), silent 4.83-6.91 s against its 7 s bound (6 runs: the cut falls
+# anywhere in the 5 s between two backstop reads, so up to 7 s is expected).
 SLACK_S = 1.0  # the session's end reaching the client, on a loaded 2-core machine
 
 
