@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import soundfile as sf
 import torch
 
 from avatar.models import DualBranchGenerator, GeneratorConfig
+from tests.avatar import contract
 from tests.avatar.neural.helpers import make_generator
+from tests.conftest import espeak_wav
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +37,14 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> contract.Speech:
+    """eSpeak NG reading one sentence (~3 s): the speech the pipeline and pool tests stream."""
+    path = espeak_wav(
+        "I would like to hear a story about the sea, please.",
+        tmp_path_factory.mktemp("speech") / "story.wav",
+    )
+    pcm, rate = sf.read(path, dtype="float32")
+    return contract.Speech(pcm, rate)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from avatar.face import paste_back
@@ -45,7 +44,6 @@ from avatar.synthetic import make_demo_avatar
 from avatar.types import EndOfSegment, VideoFrame
 from tests.avatar import contract
 from tests.avatar.neural.helpers import reference_images, speech_mel
-from tests.conftest import espeak_wav
 
 FPS = 25.0
 
@@ -61,16 +59,6 @@ def avatar():
 @pytest.fixture(scope="module")
 def other_avatar():
     return make_demo_avatar(256, seed=3)
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> contract.Speech:
-    path = espeak_wav(
-        "I would like to hear a story about the sea, please.",
-        tmp_path_factory.mktemp("speech") / "story.wav",
-    )
-    pcm, rate = sf.read(path, dtype="float32")
-    return contract.Speech(pcm, rate)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 ray = pytest.importorskip("ray", reason="Ray Serve is optional: pip install -e '.[cluster]'")
 
@@ -42,7 +41,6 @@ from runtime.avatar_components import avatar_generator, load_avatar_engine  # no
 from runtime.config import load_config  # noqa: E402
 from runtime.errors import ConfigError  # noqa: E402
 from tests.avatar import contract  # noqa: E402
-from tests.conftest import espeak_wav  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -110,16 +108,6 @@ async def engine(pool):
 @pytest.fixture(scope="module")
 def faces():
     return [make_demo_avatar(256, seed=s) for s in (0, 3, 5, 7)]
-
-
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory) -> contract.Speech:
-    path = espeak_wav(
-        "I would like to hear a story about the sea, please.",
-        tmp_path_factory.mktemp("speech") / "story.wav",
-    )
-    pcm, rate = sf.read(path, dtype="float32")
-    return contract.Speech(pcm, rate)
 
 
 # ------------------------------------------------------------------- bad input
