@@ -56,6 +56,23 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+# libpq's guards against a link that died without a word (a partition, a dropped NAT
+# entry): without them a read sent into it waits for the kernel's TCP retransmissions,
+# about 15 minutes, holding a worker thread (asyncio's pool has 6 on 2 cores) and the
+# offer that asked. With them a connect gives up after 5 s, unacknowledged data after
+# 10 s, and an idle pooled connection is found dead by keepalives within ~11 s; the
+# StoreError that follows is retryable (offers answer 503). The epoch feed has its own
+# bound (consent.blind_after_s) and does not wait for these.
+_PG_LINK = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,  # ms
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class StoreBase:
     """Connection, transactions and the audit chain (see :class:`consent.store.ConsentStore`)."""
 
@@ -78,7 +95,7 @@ class StoreBase:
             self._engine = create_engine(self.url, connect_args={"timeout": 30})
             _sqlite_events(self._engine)
         else:
-            self._engine = create_engine(self.url, pool_pre_ping=True)
+            self._engine = create_engine(self.url, pool_pre_ping=True, connect_args=_PG_LINK)
         self._writer = self._engine.execution_options(**{_WRITE: True})
 
     @classmethod

@@ -225,3 +225,16 @@ def test_voice_clone_gate(world: World, tmp_path):
     assert not allow(VoiceCloneRequest(ref, None, "eldercare"))
     checks = [e for e in world.store.audit_log()[0] if e.action == "check"]
     assert len(checks) == 3 and {e.actor for e in checks} == {"tts"}
+
+
+def test_postgresql_connections_give_up_on_a_dead_link(store):
+    """A link that died without a word must not hold a read for the kernel's ~15 minutes
+    of TCP retransmissions: every pooled PostgreSQL connection carries libpq's guards."""
+    if store.url.startswith("sqlite"):
+        pytest.skip("SQLite has no link")
+    with store.engine.connect() as conn:
+        params = conn.connection.dbapi_connection.info.get_parameters()
+    assert params["connect_timeout"] == "5"
+    assert params["tcp_user_timeout"] == "10000"
+    assert (params["keepalives"], params["keepalives_idle"]) == ("1", "5")
+    assert (params["keepalives_interval"], params["keepalives_count"]) == ("2", "3")
