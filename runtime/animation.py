@@ -39,7 +39,7 @@ from voice.audio import read_audio
 from voice.types import Timing
 
 if TYPE_CHECKING:
-    from avatar.pipelines.scheduler import BatchScheduler
+    from avatar.pipelines.scheduler import ChunkEngine
     from consent.gate import ConsentGate
     from runtime.admission import ConsentUse
 
@@ -277,7 +277,7 @@ def animate_to_file(
 
 
 async def _neural_clip(
-    settings: Settings, avatar: PreparedAvatar, speech: Speech, engine: BatchScheduler
+    settings: Settings, avatar: PreparedAvatar, speech: Speech, engine: ChunkEngine
 ) -> list[VideoFrame]:
     from avatar.pipelines.neural import generate_clip
 

@@ -30,7 +30,7 @@ from runtime.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from avatar.base import AvatarGenerator
     from avatar.pipelines.neural import NeuralOptions
-    from avatar.pipelines.scheduler import BatchScheduler
+    from avatar.pipelines.scheduler import ChunkEngine
 
 SYNTHETIC_REF = "synthetic"
 
@@ -65,8 +65,9 @@ def neural_options(settings: Settings) -> NeuralOptions:
     )
 
 
-def load_avatar_engine(settings: Settings, sessions: int | None = None) -> BatchScheduler | None:
-    """The shared neural model of a process (a BatchScheduler; None for the procedural
+def load_avatar_engine(settings: Settings, sessions: int | None = None) -> ChunkEngine | None:
+    """The shared neural model of a process (a ChunkEngine: the local BatchScheduler, or
+    with ``avatar.engine = "ray"`` the pool's client; None for the procedural
     backend).
 
     Loads ``avatar.checkpoint`` with ``avatar.runtime`` on ``avatar.device`` and wraps it
@@ -124,7 +125,7 @@ def load_avatar_engine(settings: Settings, sessions: int | None = None) -> Batch
     return scheduler
 
 
-def _ray_engine(settings: Settings) -> BatchScheduler:
+def _ray_engine(settings: Settings) -> ChunkEngine:
     """``avatar.engine = "ray"``: join the Ray cluster, deploy or attach to the generator
     pool (its replicas load ``avatar.checkpoint`` and warm up there) and return its
     client, which every session shares like the local scheduler (docs/ray-serve.md).
@@ -186,7 +187,7 @@ def _compile_failed(err: Exception) -> ConfigError:
 
 
 def avatar_generator(
-    settings: Settings, avatar: PreparedAvatar, engine: BatchScheduler | None = None
+    settings: Settings, avatar: PreparedAvatar, engine: ChunkEngine | None = None
 ) -> AvatarGenerator:
     """A generator for one session, chosen by ``avatar.backend``.
 

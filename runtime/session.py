@@ -58,7 +58,7 @@ from voice.types import SpeechChunk
 from voice.vad import SpeechStarted, TurnDetector, TurnEnded
 
 if TYPE_CHECKING:
-    from avatar.pipelines.scheduler import BatchScheduler
+    from avatar.pipelines.scheduler import ChunkEngine
 
 __all__ = ["Session", "SharedModels"]
 
@@ -79,7 +79,7 @@ class SharedModels:
     tts: TTSBackend
     dialogue: DialogueBackend
     detector: DistressDetector | None
-    avatar_engine: BatchScheduler | None = None  # the shared neural model, if any
+    avatar_engine: ChunkEngine | None = None  # the shared neural model, if any
 
 
 class Session:

@@ -54,7 +54,7 @@ from avatar.models.errors import ModelConfigError
 from avatar.pipelines.framing import FaceFraming
 from avatar.pipelines.mel_segment import NeuralSegment
 from avatar.pipelines.runner import EncodedAvatar, Runner
-from avatar.pipelines.scheduler import BatchScheduler, ChunkRequest, ChunkResult
+from avatar.pipelines.scheduler import BatchScheduler, ChunkEngine, ChunkRequest, ChunkResult
 from avatar.samplers.chunks import chunk_noise
 from avatar.streaming import SegmentedGenerator, check_avatar, check_ranges
 from avatar.types import EndOfSegment, PreparedAvatar, TimingLike, VideoFrame
@@ -178,7 +178,7 @@ class NeuralGenerator(SegmentedGenerator[NeuralSegment]):
     def __init__(
         self,
         framing: FaceFraming,
-        scheduler: BatchScheduler,
+        scheduler: ChunkEngine,
         options: NeuralOptions,
         key: str,
         owns_scheduler: bool = False,
@@ -205,7 +205,7 @@ class NeuralGenerator(SegmentedGenerator[NeuralSegment]):
         cls,
         avatar: PreparedAvatar,
         options: NeuralOptions | None = None,
-        runner: Runner | BatchScheduler | None = None,
+        runner: Runner | ChunkEngine | None = None,
     ) -> NeuralGenerator:
         """Frame ``avatar`` for the model (cheap); its appearance is encoded at the first
         frame, in the model thread, and cached while any session uses it.
@@ -213,8 +213,10 @@ class NeuralGenerator(SegmentedGenerator[NeuralSegment]):
         Args:
             avatar: the consent-approved prepared avatar.
             options: output size, seed, say weights...
-            runner: a shared :class:`BatchScheduler` (batches across sessions), or a
-                runner (this generator then has its own scheduler, closed by ``aclose``).
+            runner: a shared :class:`~avatar.pipelines.scheduler.ChunkEngine` (a
+                :class:`BatchScheduler` batching across sessions, or a remote pool's
+                client), or a runner (this generator then has its own scheduler, closed
+                by ``aclose``).
 
         Raises:
             ImageInputError: the avatar's image or landmarks cannot be used.
@@ -224,7 +226,7 @@ class NeuralGenerator(SegmentedGenerator[NeuralSegment]):
         if runner is None:
             raise ModelConfigError("NeuralGenerator.load needs a runner or a BatchScheduler")
         check_avatar(avatar)
-        owns = not isinstance(runner, BatchScheduler)
+        owns = not isinstance(runner, ChunkEngine)
         scheduler = BatchScheduler(runner) if owns else runner
         spec = scheduler.spec
         if abs(spec.fps - options.fps) > 1e-6:
@@ -421,7 +423,7 @@ async def generate_clip(
     sample_rate: int,
     timings: Sequence[TimingLike] | None,
     options: NeuralOptions,
-    runner: Runner | BatchScheduler,
+    runner: Runner | ChunkEngine,
 ) -> list[VideoFrame]:
     """Animate a whole utterance offline: ``ceil(duration · fps)`` speaking frames.
 

@@ -44,7 +44,7 @@ from avatar.deploy.ray_serve import (
 )
 from avatar.errors import GeneratorError
 from avatar.pipelines.runner import EncodedAvatar, RunnerSpec
-from avatar.pipelines.scheduler import BatchScheduler, ChunkRequest, ChunkResult
+from avatar.pipelines.scheduler import ChunkRequest, ChunkResult
 
 RUNNER_NAME = "ray"
 
@@ -90,14 +90,14 @@ class _Held:
     users: int = 0
 
 
-class RayEngine(BatchScheduler):
+class RayEngine:
     """Sends chunks to the Ray Serve pool (see the module doc). Build it with
     :meth:`connect`; share it between the node's sessions; ``await aclose()`` at
     shutdown (the pool keeps running for the other nodes).
 
-    It is a ``BatchScheduler`` by type only, so that ``NeuralGenerator.load`` takes it
-    as a shared engine (it wraps anything else as a runner); it runs no model and no
-    thread here, and overrides every call the generator makes.
+    A :class:`~avatar.pipelines.scheduler.ChunkEngine`, as the local
+    ``BatchScheduler`` is, so ``NeuralGenerator.load`` takes it as a shared engine; it
+    runs no model and no thread here.
 
     Attributes:
         handle: the pool's ``DeploymentHandle``.
@@ -108,8 +108,7 @@ class RayEngine(BatchScheduler):
     """
 
     def __init__(self, handle: Any, spec: RunnerSpec, call_timeout_s: float = 10.0) -> None:
-        """Keep a handle (cheap); most callers want :meth:`connect`. Deliberately not
-        ``BatchScheduler.__init__``: there is no local runner."""
+        """Keep a handle (cheap); most callers want :meth:`connect`."""
         self.handle = handle
         self.spec = spec
         self.call_timeout_s = call_timeout_s

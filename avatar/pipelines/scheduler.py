@@ -23,11 +23,12 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from avatar.errors import GeneratorError
-from avatar.pipelines.runner import EncodedAvatar, Runner
+from avatar.pipelines.runner import EncodedAvatar, Runner, RunnerSpec
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -72,6 +73,27 @@ class SchedulerStats:
     motion_ms: float = 0.0
     render_ms: float = 0.0
     sizes: dict[int, int] = field(default_factory=dict)  # rows per batch -> count
+
+
+@runtime_checkable
+class ChunkEngine(Protocol):
+    """What the sessions of a process share to have their chunks made: this module's
+    :class:`BatchScheduler` (the model in this process), or the client of a remote pool
+    (:class:`avatar.pipelines.ray_engine.RayEngine`). ``NeuralGenerator.load`` takes
+    either as a shared engine and wraps anything else (a runner) in a scheduler of its
+    own."""
+
+    spec: RunnerSpec
+
+    def warm_up(self, max_rows: int | None = None) -> list[int]: ...
+
+    async def encode(self, key: str, crop: np.ndarray) -> EncodedAvatar: ...
+
+    def release(self, key: str) -> None: ...
+
+    async def chunk(self, request: ChunkRequest) -> ChunkResult: ...
+
+    async def aclose(self) -> None: ...
 
 
 class BatchScheduler:
