@@ -53,6 +53,7 @@ from consent.ceremony.plan import plan_ceremony
 from consent.errors import GrantError, NotFoundError, ShreddedError
 from consent.liveness.challenge import Challenge, issue_challenge
 from consent.liveness.nonces import UNKNOWN, USED, DatabaseNonceBook, StoredChallenge, nonce_hash
+from consent.liveness.result import sentence
 from consent.liveness.verify import (
     LivenessOptions,
     LivenessResult,
@@ -60,7 +61,6 @@ from consent.liveness.verify import (
     load_asr,
     verify_clip,
 )
-from consent.liveness.result import sentence
 from consent.store import ConsentStore, LivenessInfo, photo_hash
 from voice.types import AudioChunk
 from voice.vad import SileroVAD
